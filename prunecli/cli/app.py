@@ -1,0 +1,99 @@
+"""The `prunecli` command: wires the commands together and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from prunecli import __version__
+from prunecli.cli.apply_cmd import apply
+from prunecli.cli.demo_cmd import demo
+from prunecli.cli.init_cmd import init
+from prunecli.cli.inspect_cmd import inspect
+from prunecli.cli.methods_cmd import methods
+from prunecli.cli.score_cmd import score
+from prunecli.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PruneError
+
+app = typer.Typer(
+    name="prunecli",
+    help="Prune neural-network checkpoints: score weights, apply masks, inspect densities.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+for command in (init, score, apply, inspect, methods, demo):
+    app.command(command.__name__)(command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"prunecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Prune neural-network checkpoints: score weights, apply masks, inspect densities.
+
+    Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 runtime failure.
+    """
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _usage_error(exc: Exception) -> int:
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "prunecli"
+    lines = exc.format_message().strip().splitlines()
+    if not lines:  # no arguments at all: the help has been shown
+        return EXIT_BAD_INPUT
+    return _fail(f"{lines[0].rstrip('.')} (see '{command} --help')", EXIT_BAD_INPUT)
+
+
+def _parse_and_run(argv: list[str] | None) -> int:
+    """Run the Typer app; the parser's own usage errors become one line and exit 2."""
+    try:
+        result = app(args=argv, prog_name="prunecli", standalone_mode=False)
+    except typer.Abort:
+        return _fail("interrupted", 130)
+    except PruneError:
+        raise
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # a parser usage error
+            return _usage_error(exc)
+        raise
+    return result if isinstance(result, int) else 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; every failure is one stderr line."""
+    debug = os.environ.get("PRUNECLI_DEBUG") == "1"
+    try:
+        return _parse_and_run(argv)
+    except PruneError as exc:
+        if debug:
+            raise
+        return _fail(exc.one_line(), exc.exit_code)
+    except MemoryError:
+        return _fail("out of memory. Use a smaller model, or a machine with more memory.", EXIT_RUNTIME)
+    except Exception as exc:  # the last line of defence: never a traceback
+        if debug:
+            raise
+        return _fail(f"internal error: {exc.__class__.__name__}: {exc}. Rerun with PRUNECLI_DEBUG=1 "
+                     "and report the traceback.", EXIT_RUNTIME)  # fmt: skip
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,40 @@
+"""`prunecli init`: a zoo model's initial weights, seeded, as safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunecli.cli import options as opt
+from prunecli.cli.output import note
+
+
+def init(
+    arch: Annotated[str, typer.Option("--arch", help="lenet-300-100, lenet-5, vgg16 or resnet20.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.safetensors).")],
+    init_scheme: Annotated[
+        str,
+        typer.Option("--init", help="kaiming-normal, xavier-normal, xavier-uniform or orthogonal."),
+    ] = "kaiming-normal",
+    seed: opt.Seed = 0,
+    force: opt.Force = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Build a zoo model, initialise it with a named scheme, and save its weights.
+
+    The scheme, seed and architecture are recorded in the file's metadata.
+
+    Examples:
+
+      prunecli init --arch lenet-300-100 --seed 0 -o init.safetensors
+
+      prunecli init --arch resnet20 --init orthogonal -o resnet20.safetensors
+    """
+    from prunecli.checkpoints import guard_output_file
+    from prunecli.initialize import init_checkpoint
+
+    guard_output_file(output, force)
+    count = init_checkpoint(arch, output, scheme=init_scheme, seed=seed, force=force)
+    note(f"wrote {output} ({arch}, {count:,} parameters, {init_scheme}, seed {seed})", quiet)

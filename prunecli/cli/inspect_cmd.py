@@ -1,0 +1,95 @@
+"""`prunecli inspect`: layer densities, totals, collapsed layers, and CI checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prunecli.cli import options as opt
+from prunecli.cli.output import emit_json, note, stderr_console, warn
+from prunecli.errors import CheckFailed
+
+BAR_WIDTH = 12
+
+
+def _bar(density: float) -> str:
+    filled = round(density * BAR_WIDTH)
+    return "█" * filled + "·" * (BAR_WIDTH - filled)
+
+
+def render(summary: dict[str, Any], console: Console, show_all: bool = False) -> None:
+    """Draw the density table, the totals and any collapsed layers."""
+    table = Table(title=f"{summary['path']} ({summary['kind']})", title_justify="left")
+    totals = summary["totals"]
+    rows = [
+        (t["name"], "×".join(str(d) for d in t["shape"]) or "scalar", f"{t['numel']:,}", f"{t['kept']:,}",
+         f"{t['density']:.4f}", _bar(t["density"]), t["pruned"] and t["kept"] == 0 and t["numel"] > 0)
+        for t in summary["tensors"]
+        if t["pruned"] or show_all
+    ]  # fmt: skip
+    total_row = ("total (prunable)", "", f"{totals['prunable']:,}", f"{totals['kept']:,}",
+                 f"{1 - totals['sparsity']:.4f}", _bar(1 - totals["sparsity"]), False)  # fmt: skip
+    headers = [("tensor", "left"), ("shape", "left"), ("params", "right"), ("kept", "right"),
+               ("density", "right"), ("", "left")]  # fmt: skip
+    for i, (header, justify) in enumerate(headers):
+        if i == 0:  # only the names may wrap; numbers are never cut
+            table.add_column(header, justify=justify, overflow="fold")
+        else:
+            width = max(len(header), *(len(r[i]) for r in [*rows, total_row]))
+            table.add_column(header, justify=justify, no_wrap=True, min_width=width)
+    for *cells, collapsed in rows:
+        table.add_row(*cells, style="red" if collapsed else None)
+    table.add_section()
+    table.add_row(*total_row[:-1])
+    console.print(table)
+    console.print(f"sparsity {totals['sparsity']:.4f} over {totals['prunable']:,} prunable parameters "
+                  f"({totals.get('params', totals['prunable']):,} in all)")  # fmt: skip
+    if summary["collapsed"]:
+        console.print(f"[red]collapsed layers ({len(summary['collapsed'])}): {', '.join(summary['collapsed'])}[/red]")
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Output folder, manifest.json, or a checkpoint.")],
+    json_out: opt.Json = False,
+    expect_sparsity: Annotated[
+        Optional[float], typer.Option("--expect-sparsity", help="Exit 1 unless the sparsity is this.")
+    ] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Allowed |achieved - expected|.")] = 0.001,
+    fail_on_collapse: Annotated[
+        bool, typer.Option("--fail-on-collapse", help="Exit 1 if any layer keeps no weights.")
+    ] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List untouched tensors too.")] = False,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Show per-tensor densities; with expectations, act as a CI gate (exit 1 on failure).
+
+    Examples:
+
+      prunecli inspect out/
+
+      prunecli inspect out/manifest.json --json --expect-sparsity 0.9 --tolerance 0.001
+
+      prunecli inspect model.safetensors --fail-on-collapse
+    """
+    from prunecli.inspection import Expectations, check, summarize
+
+    expect = Expectations(expect_sparsity, tolerance, fail_on_collapse)
+    expect.validate()
+    summary = summarize(path, tuple(include or ()), tuple(exclude or ()))
+    for line in summary.pop("notes"):
+        note(line, quiet)
+    failures = check(summary, expect)
+    if json_out:
+        emit_json({**summary, "checks": {"passed": not failures, "failures": failures}})
+    elif not quiet:
+        render(summary, stderr_console(), show_all)
+    for name in summary["collapsed"]:
+        warn(f"{name} keeps no weights: the layer is collapsed")
+    if failures:
+        raise CheckFailed("; ".join(failures), "the check asked for with inspect did not hold")

@@ -1,0 +1,57 @@
+"""Shared option aliases and the one place that validates user-supplied numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prunecli.errors import UsageError
+
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed: same inputs and seed give identical files.")]
+Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+Include = Annotated[
+    Optional[list[str]],
+    typer.Option("--include", help="Also prune tensors matching this glob (repeatable).", metavar="GLOB"),
+]
+Exclude = Annotated[
+    Optional[list[str]],
+    typer.Option("--exclude", help="Never prune tensors matching this glob (repeatable).", metavar="GLOB"),
+]
+Checkpoint = Annotated[
+    Path, typer.Argument(help="Checkpoint: .safetensors, .safetensors.index.json, .pt/.pth/.bin.")
+]
+
+
+def fraction(value: float, flag: str) -> float:
+    """Validate a fraction in [0, 1] once, at the edge."""
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{flag} {value} is outside [0, 1]", f"give {flag} as a fraction, e.g. 0.9")
+    return value
+
+
+def target_density(sparsity: float | None, density: float | None, required: bool = True) -> float | None:
+    """The density from exactly one of --sparsity / --density."""
+    if sparsity is not None and density is not None:
+        raise UsageError("--sparsity and --density were both given", "give only one of them")
+    if sparsity is not None:
+        return 1.0 - fraction(sparsity, "--sparsity")
+    if density is not None:
+        return fraction(density, "--density")
+    if required:
+        raise UsageError("no target given", "add --sparsity S (e.g. 0.9) or --density D")
+    return None
+
+
+def parse_pattern(text: str) -> tuple[int, int]:
+    """`N:M` -> (N, M) with 0 < N <= M."""
+    try:
+        n, m = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--pattern {text!r} is not N:M", "write it like 2:4") from None
+    if not 0 < n <= m:
+        raise UsageError(f"--pattern {text!r} needs 0 < N <= M", "write it like 2:4") from None
+    return n, m

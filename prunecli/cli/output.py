@@ -1,0 +1,63 @@
+"""Where output goes: data (JSON) to stdout, everything human to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def stderr_console() -> Console:
+    """A console on the current stderr (created per use, so tests can capture it)."""
+    return Console(stderr=True, highlight=False, soft_wrap=False)
+
+
+def note(message: str, quiet: bool = False) -> None:
+    """One informational line on stderr."""
+    if not quiet:
+        print(f"note: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (never silenced: warnings matter in CI logs)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def emit_json(data: Any) -> None:
+    """Machine output: one JSON document on stdout and nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+class RichProgress:
+    """The library's Progress protocol drawn as a transient rich bar on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr_console(),
+            transient=True,
+            disable=quiet,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def stage(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)

@@ -1,0 +1,343 @@
+"""`apply`: stream a checkpoint through scoring and selection into masked outputs.
+
+Pass 1 and 2 (global scope only) build the radix-select histograms; the last pass reads
+each tensor once, masks it, and writes `model.safetensors` and `masks.safetensors` as it
+goes. Scores are recomputed per pass instead of held, so memory stays near the largest
+tensor whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from prunecli import __version__
+from prunecli.checkpoints import Checkpoint, output_folder
+from prunecli.dtypes import as_unsigned, to_float32
+from prunecli.errors import InputError, UsageError
+from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
+from prunecli.safetensors_io import SafetensorsWriter
+from prunecli.scoring.random_baseline import tensor_rng
+from prunecli.scoring.registry import Method
+from prunecli.selection import (
+    KEEP_ALL,
+    Threshold,
+    erk_densities,
+    find_threshold,
+    keep_count,
+    nm_mask,
+    scores_to_keys,
+    shuffle_mask,
+    threshold_mask,
+    topk_mask,
+)
+
+MODEL_FILE = "model.safetensors"
+MASKS_FILE = "masks.safetensors"
+MANIFEST_FILE = "manifest.json"
+SHUFFLE_STREAM = 1  # random-stream id for --shuffle, distinct from random scores
+
+
+class Progress(Protocol):
+    """What the pipeline reports: a stage with a total, then one step per tensor."""
+
+    def stage(self, description: str, total: int) -> None: ...
+    def advance(self) -> None: ...
+
+
+class _Silent:
+    def stage(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How scores become masks (validated by `validate`)."""
+
+    density: float
+    scope: str = "global"
+    allocation: str = "uniform"
+    min_density: float = 0.0
+    pattern: tuple[int, int] | None = None
+    shuffle: bool = False
+    invert: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if not 0.0 <= self.density <= 1.0 or math.isnan(self.density):
+            raise UsageError(f"density {self.density} is outside [0, 1]", "sparsity and density are fractions")
+        if not 0.0 <= self.min_density <= 1.0:
+            raise UsageError(f"--min-density {self.min_density} is outside [0, 1]", "use a fraction")
+        if self.scope not in ("global", "layer"):
+            raise UsageError(f"unknown --scope {self.scope!r}", "use global or layer")
+        if self.allocation not in ("uniform", "erk"):
+            raise UsageError(f"unknown --allocation {self.allocation!r}", "use uniform or erk")
+        if self.allocation == "erk" and self.scope == "global":
+            raise UsageError("--allocation erk sets per-layer densities", "use it with --scope layer")
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "sparsity": round(1.0 - self.density, 12),
+            "density": round(self.density, 12),
+            "scope": self.scope,
+            "allocation": self.allocation,
+            "min_density": self.min_density,
+            "pattern": f"{self.pattern[0]}:{self.pattern[1]}" if self.pattern else None,
+            "structure": None,
+            "shuffle": self.shuffle,
+            "invert": self.invert,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+        }
+
+
+class KeySource:
+    """Selection keys of each prunable tensor, from a per-tensor method or a scores file."""
+
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        names: list[str],
+        *,
+        method: Method | None = None,
+        scores: Checkpoint | None = None,
+        seed: int = 0,
+        invert: bool = False,
+    ) -> None:
+        self.ckpt, self.method, self.scores, self.seed, self.invert = ckpt, method, scores, seed, invert
+        largest = max((ckpt.tensors[n].numel for n in names), default=0)
+        self._scores_buf = np.empty(largest, dtype=np.float32)
+        self._raw_buf = np.empty(max((ckpt.tensors[n].nbytes for n in names), default=0), np.uint8)
+
+    def keys(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
+        """Keys of `name` (valid until the next call); `raw` saves a read when at hand."""
+        info = self.ckpt.tensors[name]
+        out = self._scores_buf[: info.numel].reshape(info.shape)
+        if self.scores is not None:
+            scores = self.scores.read(name, self._scores_buf.view(np.uint8))
+        else:
+            if raw is None:
+                raw = self.ckpt.read(name, self._raw_buf)
+            scores = self.method.scorer(name, to_float32(raw, info.dtype), self.seed, out)
+        return scores_to_keys(scores, name, self.invert)
+
+
+@dataclass
+class MaskPlan:
+    """Per-tensor keep counts or floors, plus an optional global threshold."""
+
+    spec: SelectionSpec
+    counts: dict[str, int]  # layer scope: exact keep count; global scope: floor
+    threshold: Threshold | None = None  # global scope: over the keys left after floors
+    _ties_left: int = field(default=0, init=False)
+
+    def start(self) -> None:
+        self._ties_left = self.threshold.ties if self.threshold else 0
+
+    def residual(self, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keys left for the global pool once a tensor's floor is reserved, and the floor mask."""
+        floor = self.counts.get(name, 0)
+        if floor == 0:
+            return keys.reshape(-1), None
+        reserved = topk_mask(keys, floor).reshape(-1)
+        return keys.reshape(-1)[~reserved], reserved
+
+    def mask(self, name: str, keys: np.ndarray) -> np.ndarray:
+        """The keep mask of `name`; call in flat order, since ties are handed out in order."""
+        if self.spec.pattern:
+            return nm_mask(keys, *self.spec.pattern, name)
+        if self.threshold is None:
+            return topk_mask(keys, self.counts[name])
+        free_keys, reserved = self.residual(name, keys)
+        chosen, used = threshold_mask(free_keys, self.threshold, self._ties_left)
+        self._ties_left -= used
+        if reserved is None:
+            return chosen.reshape(keys.shape)
+        reserved[~reserved] = chosen
+        return reserved.reshape(keys.shape)
+
+
+def plan_masks(
+    source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress
+) -> MaskPlan:
+    """Decide per-tensor counts, and for global scope run the streamed radix select."""
+    infos = [source.ckpt.tensors[n] for n in names]
+    if spec.pattern or spec.scope == "layer":
+        densities = [spec.density] * len(names)
+        if spec.allocation == "erk" and not spec.pattern:
+            densities = erk_densities([i.shape for i in infos], spec.density)
+        counts = {n: keep_count(i.numel, max(d, spec.min_density)) for n, i, d in zip(names, infos, densities)}
+        return MaskPlan(spec, counts)
+    floors = {n: keep_count(i.numel, spec.min_density) for n, i in zip(names, infos)}
+    total = sum(i.numel for i in infos)
+    free_total = total - sum(floors.values())
+    k = max(0, keep_count(total, spec.density) - sum(floors.values()))
+    plan = MaskPlan(spec, {n: f for n, f in floors.items() if f})
+    if k >= free_total:
+        plan.threshold = KEEP_ALL
+        return plan
+
+    def passes() -> Iterator[np.ndarray]:
+        progress.stage("selecting (global top-k)", len(names))
+        for name in names:
+            yield plan.residual(name, source.keys(name))[0]
+            progress.advance()
+
+    plan.threshold = find_threshold(passes, k, free_total)
+    return plan
+
+
+def _tensor_record(name: str, info: Any, kept: int, pruned: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "shape": list(info.shape),
+        "dtype": info.dtype,
+        "numel": info.numel,
+        "kept": kept,
+        "density": kept / info.numel if info.numel else 1.0,
+        "pruned": pruned,
+    }
+
+
+def write_pruned(
+    source: KeySource, plan: MaskPlan, names: list[str], folder: Path, seed: int, progress: Progress
+) -> list[dict[str, Any]]:
+    """The final pass: mask every prunable tensor, copy the rest, write both files."""
+    ckpt = source.ckpt
+    chosen = set(names)
+    scratch = np.empty(max((i.nbytes for i in ckpt.tensors.values()), default=0), dtype=np.uint8)
+    model_entries = [(n, i.dtype, i.shape) for n, i in ckpt.tensors.items()]
+    mask_entries = [(n, "U8", (math.ceil(ckpt.tensors[n].numel / 8),)) for n in names]
+    records = []
+    progress.stage("writing masked weights", len(model_entries))
+    plan.start()
+    with (
+        SafetensorsWriter(folder / MODEL_FILE, model_entries, {"format": "prunecli.model"}) as model_out,
+        SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out,
+    ):
+        for name, info in ckpt.tensors.items():
+            raw = ckpt.read(name, scratch)
+            kept = info.numel
+            if name in chosen:
+                mask = plan.mask(name, source.keys(name, raw))
+                if plan.spec.shuffle:
+                    mask = shuffle_mask(mask, tensor_rng(seed, name, purpose=SHUFFLE_STREAM))
+                bits = as_unsigned(raw)
+                np.multiply(bits, mask, out=bits)  # pruned entries become +0
+                kept = int(np.count_nonzero(mask))
+                masks_out.write(name, np.packbits(mask.reshape(-1)))
+            model_out.write(name, raw)
+            records.append(_tensor_record(name, info, kept, name in chosen))
+            progress.advance()
+    return records
+
+
+def _collapse_warnings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": "collapsed_layer",
+            "tensor": r["name"],
+            "message": f"{r['name']} keeps no weights: the layer is collapsed",
+        }
+        for r in records
+        if r["pruned"] and r["kept"] == 0 and r["numel"] > 0
+    ]
+
+
+@dataclass
+class ApplyRequest:
+    """Everything `apply` needs, as the CLI or a Python caller gives it."""
+
+    checkpoint: Checkpoint
+    names: list[str]
+    spec: SelectionSpec
+    out: Path
+    method: Method | None = None
+    scores: Checkpoint | None = None
+    scores_path: Path | None = None
+    method_name: str = ""
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    force: bool = False
+    arch: str | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Write `OUT/model.safetensors`, `OUT/masks.safetensors` and `OUT/manifest.json`.
+
+    Returns:
+        The manifest (also written). Nothing is left in `req.out` if anything fails.
+    """
+    progress = progress or _Silent()
+    req.spec.validate()
+    if not req.names:
+        raise InputError("no tensor is prunable", "choose tensors with --include GLOB")
+    ckpt = req.checkpoint
+    with ThreadPoolExecutor(max_workers=2) as pool:  # hashing overlaps with selection
+        source_hash = pool.submit(ckpt.sha256)
+        scores_hash = pool.submit(req.scores.sha256) if req.scores is not None else None
+        with output_folder(req.out, req.force) as folder:
+            source = KeySource(
+                ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
+            )
+            plan = plan_masks(source, req.names, req.spec, progress)
+            records = write_pruned(source, plan, req.names, folder, req.seed, progress)
+            source_sha = source_hash.result()
+            _warn_if_scored_elsewhere(req, source_sha)
+            manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result())
+            write_manifest(manifest, folder / MANIFEST_FILE)
+    return manifest
+
+
+def _warn_if_scored_elsewhere(req: ApplyRequest, source_sha: str) -> None:
+    recorded = req.scores.metadata.get("source_sha256") if req.scores is not None else None
+    if recorded and recorded != source_sha:
+        req.warnings.append(
+            {
+                "kind": "scores_source_mismatch",
+                "tensor": None,
+                "message": f"the scores were computed on another checkpoint (sha256 {recorded[:12]})",
+            }
+        )
+
+
+def _manifest(
+    req: ApplyRequest, records: list[dict[str, Any]], source_sha: str, scores_sha: str | None
+) -> dict[str, Any]:
+    prunable = sum(r["numel"] for r in records if r["pruned"])
+    kept = sum(r["kept"] for r in records if r["pruned"])
+    scores = None if req.scores_path is None else {"path": str(req.scores_path), "sha256": scores_sha}
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "prunecli", "version": __version__},
+        "source": {"path": str(req.checkpoint.path), "sha256": source_sha, "arch": req.arch},
+        "method": {
+            "name": req.method_name,
+            "params": req.method_params,
+            "seed": req.seed,
+            "scores": scores,
+            "data_fingerprint": None,
+        },
+        "selection": req.spec.record(),
+        "totals": {
+            "params": sum(r["numel"] for r in records),
+            "prunable": prunable,
+            "kept": kept,
+            "sparsity": 1.0 - kept / prunable if prunable else 0.0,
+        },
+        "tensors": records,
+        "warnings": req.warnings + _collapse_warnings(records),
+        "files": {"model": MODEL_FILE, "masks": MASKS_FILE},
+    }

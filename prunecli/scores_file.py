@@ -1,0 +1,91 @@
+"""Scores files: float32 scores keyed by parameter name, with provenance metadata.
+
+`compute_scores` streams a checkpoint through a per-tensor method into a scores file;
+`open_scores` reads one back and checks it against the checkpoint it will be applied to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from prunecli import __version__
+from prunecli.checkpoints import Checkpoint, guard_output_file, open_checkpoint
+from prunecli.dtypes import to_float32
+from prunecli.errors import InputError, ScoreError
+from prunecli.safetensors_io import SafetensorsWriter
+from prunecli.scoring.registry import Method
+
+SCORES_FORMAT = "prunecli.scores"
+
+
+def compute_scores(
+    ckpt: Checkpoint,
+    names: list[str],
+    method: Method,
+    out: Path,
+    *,
+    seed: int = 0,
+    force: bool = False,
+    on_tensor: object = None,
+) -> dict[str, str]:
+    """Score every tensor in `names` and write `out` atomically.
+
+    Returns:
+        The metadata written into the file (method, seed, source sha256, version).
+    """
+    guard_output_file(out, force)
+    metadata = {
+        "format": SCORES_FORMAT,
+        "method": method.name,
+        "params": json.dumps({}),
+        "seed": str(seed),
+        "source_sha256": ckpt.sha256(),
+        "prunecli_version": __version__,
+    }
+    entries = [(n, "F32", ckpt.tensors[n].shape) for n in names]
+    with SafetensorsWriter(out, entries, metadata) as writer:
+        for name in names:
+            weights = to_float32(ckpt.read(name), ckpt.tensors[name].dtype)
+            scores = method.scorer(name, weights, seed, None)
+            if not np.isfinite(scores).all():
+                raise ScoreError(
+                    f"scores of {name} contain NaN or infinite values",
+                    "check the checkpoint for NaN/Inf weights",
+                )
+            writer.write(name, scores.astype(np.float32, copy=False))
+            if callable(on_tensor):
+                on_tensor()
+    return metadata
+
+
+def open_scores(path: Path, ckpt: Checkpoint) -> Checkpoint:
+    """Open a scores file and check every entry against `ckpt`.
+
+    Names missing from the checkpoint, a shape that differs, or a non-float32 entry raise
+    InputError naming the first offender.
+    """
+    if not path.name.endswith(".safetensors"):
+        raise InputError(f"scores file {path} is not a .safetensors file", "write it with prunecli score")
+    scores = open_checkpoint(path)
+    try:
+        for name, info in scores.tensors.items():
+            if name not in ckpt.tensors:
+                raise InputError(
+                    f"scores name {name!r} is not in the checkpoint {ckpt.path}",
+                    "score the same checkpoint you apply",
+                )
+            if info.shape != ckpt.tensors[name].shape:
+                raise InputError(
+                    f"scores for {name} have shape {list(info.shape)} but the checkpoint has "
+                    f"{list(ckpt.tensors[name].shape)}",
+                    "score the same checkpoint you apply",
+                )
+            if info.dtype != "F32":
+                raise InputError(f"scores for {name} are {info.dtype}, not F32", "write scores as float32")
+    except BaseException:
+        scores.close()
+        raise
+    return scores

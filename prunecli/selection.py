@@ -1,0 +1,171 @@
+"""Scores -> masks: exact-count top-k (global or per layer), ERK, N:M, shuffle and invert.
+
+Scores are turned into order-preserving uint32 *keys* (higher key = higher score), so
+selection is integer work. Global top-k is a streamed radix select: a histogram of the top
+16 key bits over every tensor, then a histogram of the low 16 bits inside the one boundary
+bucket. It never concatenates the scores, so memory stays near the largest tensor.
+Exactly k = round(N·d) entries are kept; among equal scores the lower flat index wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from prunecli.errors import ScoreError, UsageError
+
+CHUNK = 1 << 22  # elements per chunk: bounds the temporaries of key and histogram work
+_BINS = 1 << 16
+_NONFINITE_LOW = 0x007FFFFF  # keys at or below: -inf or NaN with the sign bit set
+_NONFINITE_HIGH = 0xFF800000  # keys at or above: +inf or NaN
+
+
+def _chunks(flat: np.ndarray) -> Iterable[np.ndarray]:
+    for start in range(0, flat.size, CHUNK):
+        yield flat[start : start + CHUNK]
+
+
+def scores_to_keys(scores: np.ndarray, name: str, invert: bool = False) -> np.ndarray:
+    """Order-preserving uint32 keys of float32 scores, computed in place.
+
+    `scores` is overwritten (its buffer becomes the keys). -0.0 and +0.0 get the same key.
+    With `invert`, the order is reversed (the keys of −S), for the inversion ablation.
+    NaN or infinite scores raise ScoreError naming the tensor.
+    """
+    flat = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)
+    keys = flat.view(np.uint32)
+    for part in _chunks(flat):
+        part += np.float32(0.0)  # -0.0 -> +0.0
+        bits = part.view(np.uint32)
+        flip = (bits.view(np.int32) >> 31).view(np.uint32)
+        flip |= np.uint32(0x80000000)
+        bits ^= flip  # negatives: all bits flipped; positives: sign bit set
+    if keys.size and (keys.min() <= _NONFINITE_LOW or keys.max() >= _NONFINITE_HIGH):
+        raise ScoreError(
+            f"scores of {name} contain NaN or infinite values",
+            "check the checkpoint for NaN/Inf weights (inspect) or recompute the scores",
+        )
+    if invert:
+        np.invert(keys, out=keys)
+    return keys.reshape(scores.shape)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Keep every key > `key`, plus the first `ties` keys == `key` in flat order."""
+
+    key: int
+    ties: int
+
+
+KEEP_NONE = Threshold(0xFFFFFFFF, 0)  # no real key is this large (it would be NaN)
+KEEP_ALL = Threshold(0, 0)  # no real key is this small
+
+
+def _bucket(hist: np.ndarray, need: int) -> tuple[int, int]:
+    """The bin b with count(> b) < need <= count(>= b), and count(> b)."""
+    from_top = np.cumsum(hist[::-1])  # from_top[i] = count(bins >= len-1-i)
+    i = int(np.searchsorted(from_top, need))
+    b = len(hist) - 1 - i
+    return b, int(from_top[i] - hist[b])
+
+
+def find_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: int) -> Threshold:
+    """The threshold that keeps exactly the k largest keys among `total`.
+
+    Args:
+        passes: called twice; each call yields every key array once, in flat order.
+        k: how many to keep (0 <= k <= total).
+        total: how many keys the passes yield in all.
+    """
+    if k <= 0:
+        return KEEP_NONE
+    if k >= total:
+        return KEEP_ALL
+    high = np.zeros(_BINS, dtype=np.int64)
+    for keys in passes():
+        for part in _chunks(keys.reshape(-1)):
+            high += np.bincount(part >> 16, minlength=_BINS)
+    bucket, above = _bucket(high, k)
+    low = np.zeros(_BINS, dtype=np.int64)
+    for keys in passes():
+        for part in _chunks(keys.reshape(-1)):
+            inside = part[(part >> 16) == bucket]
+            low += np.bincount(inside & 0xFFFF, minlength=_BINS)
+    value, above_in_bucket = _bucket(low, k - above)
+    return Threshold((bucket << 16) | value, k - above - above_in_bucket)
+
+
+def threshold_mask(keys: np.ndarray, threshold: Threshold, ties_left: int) -> tuple[np.ndarray, int]:
+    """The keep mask of one tensor, and how many of the `ties_left` tie slots it used."""
+    mask = keys > threshold.key
+    if ties_left > 0:
+        tied = np.flatnonzero(keys.reshape(-1) == threshold.key)[:ties_left]
+        mask.reshape(-1)[tied] = True
+        return mask, len(tied)
+    return mask, 0
+
+
+def topk_mask(keys: np.ndarray, k: int) -> np.ndarray:
+    """The exact top-k mask of one tensor (ties: lower flat index first)."""
+    threshold = find_threshold(lambda: [keys], k, keys.size)
+    return threshold_mask(keys, threshold, threshold.ties)[0]
+
+
+def keep_count(numel: int, density: float) -> int:
+    """k = round(n·d), with exact halves rounded away from zero (so d = 0.5 of 3 keeps 2)."""
+    return min(numel, int(math.floor(numel * density + 0.5)))
+
+
+def nm_mask(keys: np.ndarray, n: int, m: int, name: str) -> np.ndarray:
+    """Keep the n highest of every m consecutive entries along each output row's input.
+
+    The tensor is viewed as (out, in·kh·kw); a row length not divisible by m is an error.
+    """
+    rows = keys.shape[0]
+    cols = keys.size // rows if rows else 0
+    if cols % m:
+        raise UsageError(
+            f"--pattern {n}:{m} needs the input dimension of {name} ({cols}) to be a multiple of {m}",
+            f"exclude it with --exclude '{name}'",
+        )
+    groups = keys.reshape(rows, cols // m, m)  # (out, groups, m)
+    order = np.argsort(~groups, axis=-1, kind="stable")  # descending key, ties by index
+    mask = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(mask, order[..., :n], True, axis=-1)
+    return mask.reshape(keys.shape)
+
+
+def erk_densities(shapes: list[tuple[int, ...]], density: float, power: float = 1.0) -> list[float]:
+    """Erdős–Rényi-Kernel per-layer densities (Evci et al. 2020) for a target density.
+
+    p_l = (Σ dims / Π dims)^power; ε solves Σ ε·p_l·n_l = Σ kept, and any layer whose
+    ε·p_l exceeds 1 is made dense and the solve repeated.
+    """
+    sparsity = 1.0 - density
+    numels = [math.prod(s) for s in shapes]
+    raw = [(sum(s) / math.prod(s)) ** power if math.prod(s) else 0.0 for s in shapes]
+    dense: set[int] = set()
+    while True:
+        rhs = 0.0
+        divisor = 0.0
+        for i, n in enumerate(numels):
+            if i in dense:
+                rhs -= n * sparsity
+            else:
+                rhs += n * density
+                divisor += raw[i] * n
+        eps = rhs / divisor if divisor else 0.0
+        free = [i for i in range(len(shapes)) if i not in dense]
+        worst = max(free, key=lambda i: raw[i], default=None)
+        if worst is None or eps * raw[worst] <= 1.0:
+            return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
+        dense.update(i for i in free if raw[i] == raw[worst])
+
+
+def shuffle_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The mask's entries permuted uniformly at random: the per-layer count is kept."""
+    return rng.permutation(mask.reshape(-1)).reshape(mask.shape)
