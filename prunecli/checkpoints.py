@@ -133,8 +133,7 @@ def load_torch_file(path: Path) -> object:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
         raise CheckpointError(
-            f"{path} holds pickled objects that are not plain tensors; refused to load them "
-            f"({first[:160]})",
+            f"{path} holds pickled objects that are not plain tensors; refused to load them ({first[:160]})",
             "save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors",
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:

@@ -80,8 +80,12 @@ def summarize(path: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...
             raise InputError(f"{path} is a folder without {MANIFEST_FILE}", "pass an apply output folder")
         path = manifest
     require_file(path, "input")
-    summary = summarize_manifest(path) if path.suffix == ".json" else summarize_checkpoint(path, include, exclude)
-    summary["collapsed"] = [t["name"] for t in summary["tensors"] if t["pruned"] and t["kept"] == 0 and t["numel"]]
+    summary = (
+        summarize_manifest(path) if path.suffix == ".json" else summarize_checkpoint(path, include, exclude)
+    )
+    summary["collapsed"] = [
+        t["name"] for t in summary["tensors"] if t["pruned"] and t["kept"] == 0 and t["numel"]
+    ]
     return summary
 
 
@@ -105,9 +109,7 @@ def check(summary: dict[str, Any], expect: Expectations) -> list[str]:
     failures = []
     achieved = summary["totals"]["sparsity"]
     if expect.sparsity is not None and abs(achieved - expect.sparsity) > expect.tolerance + 1e-12:
-        failures.append(
-            f"sparsity is {achieved:.6f}, expected {expect.sparsity:.6f} ± {expect.tolerance:g}"
-        )
+        failures.append(f"sparsity is {achieved:.6f}, expected {expect.sparsity:.6f} ± {expect.tolerance:g}")
     if expect.fail_on_collapse and summary["collapsed"]:
         failures.append(f"{len(summary['collapsed'])} collapsed layer(s): {', '.join(summary['collapsed'])}")
     return failures

@@ -176,7 +176,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc})", "regenerate it with prunecli apply") from None
+        raise ManifestError(
+            f"{path} is not valid JSON ({exc})", "regenerate it with prunecli apply"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ManifestError(f"{path} is not a prunecli manifest", "pass a manifest.json written by apply")
     version = data.get("schema_version")

@@ -30,6 +30,7 @@ from prunecli.selection import (
     Threshold,
     erk_densities,
     find_threshold,
+    floor_count,
     keep_count,
     nm_mask,
     scores_to_keys,
@@ -75,7 +76,9 @@ class SelectionSpec:
 
     def validate(self) -> None:
         if not 0.0 <= self.density <= 1.0 or math.isnan(self.density):
-            raise UsageError(f"density {self.density} is outside [0, 1]", "sparsity and density are fractions")
+            raise UsageError(
+                f"density {self.density} is outside [0, 1]", "sparsity and density are fractions"
+            )
         if not 0.0 <= self.min_density <= 1.0:
             raise UsageError(f"--min-density {self.min_density} is outside [0, 1]", "use a fraction")
         if self.scope not in ("global", "layer"):
@@ -139,10 +142,10 @@ class MaskPlan:
     spec: SelectionSpec
     counts: dict[str, int]  # layer scope: exact keep count; global scope: floor
     threshold: Threshold | None = None  # global scope: over the keys left after floors
-    _ties_left: int = field(default=0, init=False)
+    _skip_left: int = field(default=0, init=False)  # tied entries still to prune, in flat order
 
     def start(self) -> None:
-        self._ties_left = self.threshold.ties if self.threshold else 0
+        self._skip_left = self.threshold.skip if self.threshold else 0
 
     def residual(self, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Keys left for the global pool once a tensor's floor is reserved, and the floor mask."""
@@ -153,32 +156,33 @@ class MaskPlan:
         return keys.reshape(-1)[~reserved], reserved
 
     def mask(self, name: str, keys: np.ndarray) -> np.ndarray:
-        """The keep mask of `name`; call in flat order, since ties are handed out in order."""
+        """The keep mask of `name`; call in flat order, since ties are resolved in that order."""
         if self.spec.pattern:
             return nm_mask(keys, *self.spec.pattern, name)
         if self.threshold is None:
             return topk_mask(keys, self.counts[name])
         free_keys, reserved = self.residual(name, keys)
-        chosen, used = threshold_mask(free_keys, self.threshold, self._ties_left)
-        self._ties_left -= used
+        chosen, used = threshold_mask(free_keys, self.threshold, self._skip_left)
+        self._skip_left -= used
         if reserved is None:
             return chosen.reshape(keys.shape)
         reserved[~reserved] = chosen
         return reserved.reshape(keys.shape)
 
 
-def plan_masks(
-    source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress
-) -> MaskPlan:
+def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress) -> MaskPlan:
     """Decide per-tensor counts, and for global scope run the streamed radix select."""
     infos = [source.ckpt.tensors[n] for n in names]
     if spec.pattern or spec.scope == "layer":
         densities = [spec.density] * len(names)
         if spec.allocation == "erk" and not spec.pattern:
             densities = erk_densities([i.shape for i in infos], spec.density)
-        counts = {n: keep_count(i.numel, max(d, spec.min_density)) for n, i, d in zip(names, infos, densities)}
+        counts = {
+            n: max(keep_count(i.numel, d), floor_count(i.numel, spec.min_density))
+            for n, i, d in zip(names, infos, densities, strict=True)
+        }
         return MaskPlan(spec, counts)
-    floors = {n: keep_count(i.numel, spec.min_density) for n, i in zip(names, infos)}
+    floors = {n: floor_count(i.numel, spec.min_density) for n, i in zip(names, infos, strict=True)}
     total = sum(i.numel for i in infos)
     free_total = total - sum(floors.values())
     k = max(0, keep_count(total, spec.density) - sum(floors.values()))

@@ -93,9 +93,7 @@ def _parse_entries(path: Path, header: dict, data_size: int) -> dict[str, Tensor
         if any(d < 0 for d in shape) or end - start != info.nbytes or start < 0:
             raise _corrupt(path, f"tensor {name!r} has offsets that do not match its shape")
         if end > data_size:
-            raise _corrupt(
-                path, f"tensor {name!r} ends at byte {end} but the data section has {data_size}"
-            )
+            raise _corrupt(path, f"tensor {name!r} ends at byte {end} but the data section has {data_size}")
         infos.append((name, info))
     infos.sort(key=lambda item: (item[1].start, item[1].end))
     return dict(infos)

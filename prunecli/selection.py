@@ -4,7 +4,9 @@ Scores are turned into order-preserving uint32 *keys* (higher key = higher score
 selection is integer work. Global top-k is a streamed radix select: a histogram of the top
 16 key bits over every tensor, then a histogram of the low 16 bits inside the one boundary
 bucket. It never concatenates the scores, so memory stays near the largest tensor.
-Exactly k = round(N·d) entries are kept; among equal scores the lower flat index wins.
+Exactly k = round(N·d) entries are kept. Ties are broken by flat index: weights are pruned
+in ascending order of (score, flat index), so among equal scores the lower index is pruned
+first (the convention of the reference N:M code, methods.md §9).
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ def scores_to_keys(scores: np.ndarray, name: str, invert: bool = False) -> np.nd
 
 @dataclass(frozen=True)
 class Threshold:
-    """Keep every key > `key`, plus the first `ties` keys == `key` in flat order."""
+    """Keep every key > `key`, and the keys == `key` after the first `skip` in flat order."""
 
     key: int
-    ties: int
+    skip: int
 
 
 KEEP_NONE = Threshold(0xFFFFFFFF, 0)  # no real key is this large (it would be NaN)
@@ -96,28 +98,35 @@ def find_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: in
             inside = part[(part >> 16) == bucket]
             low += np.bincount(inside & 0xFFFF, minlength=_BINS)
     value, above_in_bucket = _bucket(low, k - above)
-    return Threshold((bucket << 16) | value, k - above - above_in_bucket)
+    kept_ties = k - above - above_in_bucket
+    return Threshold((bucket << 16) | value, int(low[value]) - kept_ties)
 
 
-def threshold_mask(keys: np.ndarray, threshold: Threshold, ties_left: int) -> tuple[np.ndarray, int]:
-    """The keep mask of one tensor, and how many of the `ties_left` tie slots it used."""
-    mask = keys > threshold.key
-    if ties_left > 0:
-        tied = np.flatnonzero(keys.reshape(-1) == threshold.key)[:ties_left]
-        mask.reshape(-1)[tied] = True
-        return mask, len(tied)
-    return mask, 0
+def threshold_mask(keys: np.ndarray, threshold: Threshold, skip_left: int) -> tuple[np.ndarray, int]:
+    """The keep mask of one tensor, and how many of the `skip_left` tied entries it pruned."""
+    flat = keys.reshape(-1)
+    mask = flat >= threshold.key
+    if skip_left > 0:
+        tied = np.flatnonzero(flat == threshold.key)[:skip_left]
+        mask[tied] = False
+        return mask.reshape(keys.shape), len(tied)
+    return mask.reshape(keys.shape), 0
 
 
 def topk_mask(keys: np.ndarray, k: int) -> np.ndarray:
-    """The exact top-k mask of one tensor (ties: lower flat index first)."""
+    """The exact top-k mask of one tensor (among ties the lower flat index is pruned)."""
     threshold = find_threshold(lambda: [keys], k, keys.size)
-    return threshold_mask(keys, threshold, threshold.ties)[0]
+    return threshold_mask(keys, threshold, threshold.skip)[0]
 
 
 def keep_count(numel: int, density: float) -> int:
     """k = round(n·d), with exact halves rounded away from zero (so d = 0.5 of 3 keeps 2)."""
-    return min(numel, int(math.floor(numel * density + 0.5)))
+    return min(numel, math.floor(numel * density + 0.5))
+
+
+def floor_count(numel: int, min_density: float) -> int:
+    """The fewest entries that give a density of at least `min_density` (rounded up)."""
+    return min(numel, math.ceil(numel * min_density - 1e-9))
 
 
 def nm_mask(keys: np.ndarray, n: int, m: int, name: str) -> np.ndarray:
@@ -133,17 +142,18 @@ def nm_mask(keys: np.ndarray, n: int, m: int, name: str) -> np.ndarray:
             f"exclude it with --exclude '{name}'",
         )
     groups = keys.reshape(rows, cols // m, m)  # (out, groups, m)
-    order = np.argsort(~groups, axis=-1, kind="stable")  # descending key, ties by index
+    order = np.argsort(groups, axis=-1, kind="stable")  # ascending key, ties by index
     mask = np.zeros(groups.shape, dtype=bool)
-    np.put_along_axis(mask, order[..., :n], True, axis=-1)
+    np.put_along_axis(mask, order[..., m - n :], True, axis=-1)  # prune the m-n lowest
     return mask.reshape(keys.shape)
 
 
 def erk_densities(shapes: list[tuple[int, ...]], density: float, power: float = 1.0) -> list[float]:
     """Erdős–Rényi-Kernel per-layer densities (Evci et al. 2020) for a target density.
 
-    p_l = (Σ dims / Π dims)^power; ε solves Σ ε·p_l·n_l = Σ kept, and any layer whose
-    ε·p_l exceeds 1 is made dense and the solve repeated.
+    p_l = (Σ dims / Π dims)^power; ε solves Σ ε·p_l·n_l = Σ (n_l − floor(s·n_l)), and any
+    layer whose ε·p_l exceeds 1 is made dense (its floor(s·n_l) leaves the budget) and the
+    solve repeated.
     """
     sparsity = 1.0 - density
     numels = [math.prod(s) for s in shapes]
@@ -153,10 +163,11 @@ def erk_densities(shapes: list[tuple[int, ...]], density: float, power: float = 
         rhs = 0.0
         divisor = 0.0
         for i, n in enumerate(numels):
+            pruned = math.floor(sparsity * n + 1e-9)
             if i in dense:
-                rhs -= n * sparsity
+                rhs -= pruned
             else:
-                rhs += n * density
+                rhs += n - pruned
                 divisor += raw[i] * n
         eps = rhs / divisor if divisor else 0.0
         free = [i for i in range(len(shapes)) if i not in dense]

@@ -29,7 +29,9 @@ def apply(
     allocation: Annotated[
         str, typer.Option("--allocation", help="Per-layer densities: uniform or erk (layer scope).")
     ] = "uniform",
-    min_density: Annotated[float, typer.Option("--min-density", help="Floor on every tensor's density.")] = 0.0,
+    min_density: Annotated[
+        float, typer.Option("--min-density", help="Floor on every tensor's density.")
+    ] = 0.0,
     pattern: Annotated[
         Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4 (implies the sparsity).")
     ] = None,
@@ -65,7 +67,9 @@ def apply(
     nm = opt.parse_pattern(pattern) if pattern else None
     target = opt.target_density(sparsity, density, required=nm is None)
     if nm and target is not None and abs(target - nm[0] / nm[1]) > 1e-9:
-        raise UsageError(f"--pattern {pattern} keeps {nm[0]}/{nm[1]}, not density {target:g}", "drop --sparsity")
+        raise UsageError(
+            f"--pattern {pattern} keeps {nm[0]}/{nm[1]}, not density {target:g}", "drop --sparsity"
+        )
     resolved_scope = scope or ("layer" if allocation == "erk" else "global")
     spec = SelectionSpec(
         density=nm[0] / nm[1] if nm else target,

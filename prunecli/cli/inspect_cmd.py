@@ -49,7 +49,9 @@ def render(summary: dict[str, Any], console: Console, show_all: bool = False) ->
     console.print(f"sparsity {totals['sparsity']:.4f} over {totals['prunable']:,} prunable parameters "
                   f"({totals.get('params', totals['prunable']):,} in all)")  # fmt: skip
     if summary["collapsed"]:
-        console.print(f"[red]collapsed layers ({len(summary['collapsed'])}): {', '.join(summary['collapsed'])}[/red]")
+        console.print(
+            f"[red]collapsed layers ({len(summary['collapsed'])}): {', '.join(summary['collapsed'])}[/red]"
+        )
 
 
 def inspect(

@@ -1,0 +1,494 @@
+#!/usr/bin/env python3
+"""Benchmark `prunecli apply` (magnitude, global top-k) against two references.
+
+Case A: prunecli vs. torch.nn.utils.prune.global_unstructured on the same checkpoint
+        (~200M fp32 params by default). Reports wall time, peak RSS and both ratios, and
+        checks that both keep the same number of weights.
+Case B: prunecli vs. "the write floor", a streamed tensor-by-tensor copy of the same
+        checkpoint with fsync (>=1.3B params by default). Reports peak RSS / checkpoint
+        size and prunecli wall / copy wall.
+
+Every measured command is its own process, started from this (small) driver; its wall time
+is taken around spawn..reap and its peak RSS is the `ru_maxrss` that `os.wait4` returns for
+that one child. The driver never imports numpy or torch, so its own (tiny) high-water RSS,
+which Linux folds into a child's ru_maxrss at exec, stays far below every figure. All
+children get the same environment (allocator variables included). Generation, the copy,
+the torch baseline and the result checks run as hidden sub-commands of this file.
+
+    .venv/bin/python benchmarks/bench_apply.py --quick          # smoke test, seconds
+    .venv/bin/python benchmarks/bench_apply.py                  # A at 200M, B at 1.3B fp32
+    .venv/bin/python benchmarks/bench_apply.py --cases B --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_WORK = HERE / "_work"
+MIB = 1024 * 1024
+TARGETS = {
+    "a_speedup": 10.0,  # baseline wall / prunecli wall, at least
+    "a_mem_ratio": 8.0,  # baseline peak RSS / prunecli peak RSS, at least
+    "b_rss_over_size": 0.1,  # prunecli peak RSS / checkpoint bytes, at most
+    "b_wall_over_copy": 1.5,  # prunecli wall / copy wall, at most
+}
+DTYPES = {"fp32": ("F32", 4), "bf16": ("BF16", 2)}
+
+
+# --------------------------------------------------------------------------------------
+# Hidden sub-commands (run in child processes; these are the only places heavy imports
+# happen).
+# --------------------------------------------------------------------------------------
+
+
+def _layout(params: float, hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Stacked Linear-like layers: (hidden, hidden) weights plus (hidden,) biases."""
+    per_layer = hidden * hidden + hidden
+    layers = max(1, math.ceil(params / per_layer))
+    names: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(layers):
+        names.append((f"layers.{i}.fc.weight", (hidden, hidden)))
+        names.append((f"layers.{i}.fc.bias", (hidden,)))
+    return names
+
+
+def worker_generate(args: list[str]) -> None:
+    """Write a seeded checkpoint one tensor at a time (memory ~ one tensor)."""
+    import numpy as np
+
+    from prunecli.safetensors_io import SafetensorsWriter
+
+    path, params, hidden, dtype, seed = Path(args[0]), float(args[1]), int(args[2]), args[3], int(args[4])
+    st_dtype = DTYPES[dtype][0]
+    layout = _layout(params, hidden)
+    rng = np.random.default_rng(seed)
+    entries = [(name, st_dtype, shape) for name, shape in layout]
+    meta = {"generator": "bench_apply", "seed": str(seed), "hidden": str(hidden)}
+    with SafetensorsWriter(path, entries, meta) as out:
+        for name, shape in layout:
+            values = rng.standard_normal(shape, dtype=np.float32)
+            if name.endswith(".bias"):
+                values *= np.float32(0.01)
+            if st_dtype == "BF16":  # round to nearest even, keep the high 16 bits
+                bits = values.view(np.uint32)
+                bits += np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))
+                values = (bits >> 16).astype(np.uint16)
+            out.write(name, values)
+            del values
+
+
+def worker_torch_baseline(args: list[str]) -> None:
+    """The torch reference: load, global L1 unstructured prune, remove, save."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch import nn
+    from torch.nn.utils import prune
+
+    ckpt, out_path, amount = args[0], args[1], float(args[2])
+    state = load_file(ckpt)
+    modules: dict[str, nn.Module] = {}
+    for name in [n for n, t in state.items() if t.ndim >= 2]:
+        module = nn.Module()
+        module.weight = nn.Parameter(state.pop(name))  # no second reference to the storage
+        modules[name] = module
+    params = [(m, "weight") for m in modules.values()]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    for module, pname in params:
+        prune.remove(module, pname)
+    result: dict[str, torch.Tensor] = {name: m.weight.detach() for name, m in modules.items()}
+    result.update(state)  # the 1-D tensors, unchanged
+    save_file(result, out_path)
+
+
+def worker_copy(args: list[str]) -> None:
+    """The write floor: prunecli's own streamed read + atomic fsync'd write, no selection."""
+    import numpy as np
+
+    from prunecli.safetensors_io import SafetensorsReader, SafetensorsWriter
+
+    reader = SafetensorsReader(Path(args[0]))
+    scratch = np.empty(max(i.nbytes for i in reader.tensors.values()), dtype=np.uint8)
+    entries = [(name, info.dtype, info.shape) for name, info in reader.tensors.items()]
+    with SafetensorsWriter(Path(args[1]), entries, reader.metadata) as out:
+        for name in reader.tensors:
+            out.write(name, reader.read(name, scratch))
+    reader.close()
+
+
+def worker_verify(args: list[str]) -> None:
+    """Compare prunecli's output (and the torch one, if given) tensor by tensor; print JSON."""
+    import numpy as np
+
+    from prunecli.dtypes import to_float32
+    from prunecli.safetensors_io import SafetensorsReader
+
+    ckpt, prune_dir = Path(args[0]), Path(args[1])
+    torch_out = Path(args[2]) if len(args) > 2 else None
+    manifest = json.loads((prune_dir / "manifest.json").read_text())
+    src = SafetensorsReader(ckpt)
+    ours = SafetensorsReader(prune_dir / "model.safetensors")
+    theirs = SafetensorsReader(torch_out) if torch_out else None
+    report = {"manifest_totals": manifest["totals"], "prunecli_nonzero": 0, "same_layout": True}
+    if theirs:
+        report.update(torch_nonzero=0, mask_mismatches=0, unpruned_identical=True)
+    for name, info in src.tensors.items():
+        ok = ours.tensors.get(name)
+        if ok is None or (ok.dtype, ok.shape) != (info.dtype, info.shape):
+            report["same_layout"] = False
+            continue
+        a = to_float32(ours.read(name), info.dtype)
+        if len(info.shape) >= 2:
+            report["prunecli_nonzero"] += int(np.count_nonzero(a))
+        if theirs is None:
+            continue
+        b = to_float32(theirs.read(name), info.dtype)
+        if len(info.shape) >= 2:
+            report["torch_nonzero"] += int(np.count_nonzero(b))
+            report["mask_mismatches"] += int(np.count_nonzero((a != 0) != (b != 0)))
+        elif not np.array_equal(a, b):
+            report["unpruned_identical"] = False
+    print(json.dumps(report))
+
+
+WORKERS = {
+    "_generate": worker_generate,
+    "_torch_baseline": worker_torch_baseline,
+    "_copy": worker_copy,
+    "_verify": worker_verify,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Driver (stdlib only).
+# --------------------------------------------------------------------------------------
+
+
+def measure(label: str, argv: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run argv as one child; wall time spawn..reap, that child's ru_maxrss and CPU time."""
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(argv)}\n".encode())
+        out.flush()
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{label} failed with exit code {proc.returncode}; see {log}")
+    return {
+        "label": label,
+        "wall_s": wall,
+        "rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "argv": argv,
+    }
+
+
+def run_quiet(argv: list[str], env: dict[str, str], log: Path) -> str:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
+    if result.returncode != 0:
+        sys.exit(f"{argv[1:3]} failed; see {log}")
+    return result.stdout
+
+
+def settle(path: Path, cache: str) -> None:
+    """Flush dirty pages, then make the source warm (read once) or cold (drop caches)."""
+    os.sync()
+    if cache == "cold":
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
+    buf = bytearray(4 * MIB)
+    with path.open("rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def prunecli_argv() -> list[str]:
+    script = Path(sys.executable).parent / "prunecli"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "prunecli"]
+
+
+def generate(path: Path, params: float, hidden: int, dtype: str, seed: int, env, log, reuse: bool) -> dict:
+    tag = json.dumps([params, hidden, dtype, seed])
+    stamp = path.with_suffix(".spec")
+    if reuse and path.exists() and stamp.exists() and stamp.read_text() == tag:
+        return {"label": "generate (reused)", "wall_s": 0.0, "rss_mib": 0.0, "cpu_s": 0.0}
+    remove(path)
+    argv = [sys.executable, __file__, "_generate", str(path), repr(params), str(hidden), dtype, str(seed)]
+    result = measure("generate", argv, env, log)
+    stamp.write_text(tag)
+    return result
+
+
+def checkpoint_facts(path: Path, hidden: int, params: float) -> dict:
+    layout = _layout(params, hidden)
+    prunable = sum(math.prod(s) for n, s in layout if len(s) >= 2)
+    return {
+        "bytes": path.stat().st_size,
+        "params": sum(math.prod(s) for _, s in layout),
+        "prunable": prunable,
+        "tensors": len(layout),
+    }
+
+
+def keep_count(numel: int, density: float) -> int:
+    return min(numel, math.floor(numel * density + 0.5))
+
+
+def apply_argv(ckpt: Path, out: Path, sparsity: float) -> list[str]:
+    return [
+        *prunecli_argv(),
+        "apply",
+        str(ckpt),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        repr(sparsity),
+        "--scope",
+        "global",
+        "-o",
+        str(out),
+        "--force",
+        "--quiet",
+    ]
+
+
+def case_a(opts, env, log) -> dict:
+    work = opts.work
+    ckpt = work / "case_a.safetensors"
+    gen = generate(ckpt, opts.params_a, opts.hidden, "fp32", opts.seed, env, log, opts.reuse)
+    facts = checkpoint_facts(ckpt, opts.hidden, opts.params_a)
+    torch_out, prune_out = work / "case_a_torch.safetensors", work / "case_a_prunecli"
+    runs: list[dict] = []
+    check: dict = {}
+    for rep in range(opts.repeat):
+        settle(ckpt, opts.cache)
+        base = measure(
+            "torch prune.global_unstructured",
+            [sys.executable, __file__, "_torch_baseline", str(ckpt), str(torch_out), repr(opts.sparsity)],
+            env,
+            log,
+        )
+        settle(ckpt, opts.cache)
+        ours = measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log)
+        runs.append({"baseline": base, "prunecli": ours})
+        if rep == 0:
+            argv = [sys.executable, __file__, "_verify", str(ckpt), str(prune_out), str(torch_out)]
+            check = json.loads(run_quiet(argv, env, log))
+        remove(torch_out)
+        remove(prune_out)
+    expected = keep_count(facts["prunable"], 1.0 - opts.sparsity)
+    totals = check["manifest_totals"]
+    check["expected_kept"] = expected
+    check["kept_equal"] = (
+        totals["kept"] == check["prunecli_nonzero"] == check["torch_nonzero"]
+        and totals["prunable"] == facts["prunable"]
+    )
+    return {"facts": facts, "generate": gen, "runs": runs, "check": check}
+
+
+def case_b(opts, env, log) -> dict:
+    work = opts.work
+    ckpt = work / f"case_b_{opts.dtype}.safetensors"
+    gen = generate(ckpt, opts.params_b, opts.hidden, opts.dtype, opts.seed, env, log, opts.reuse)
+    facts = checkpoint_facts(ckpt, opts.hidden, opts.params_b)
+    copy_out, prune_out = work / "case_b_copy.safetensors", work / "case_b_prunecli"
+    runs: list[dict] = []
+    check: dict = {}
+    for rep in range(opts.repeat):
+        settle(ckpt, opts.cache)
+        base = measure(
+            "streamed copy (write floor)",
+            [sys.executable, __file__, "_copy", str(ckpt), str(copy_out)],
+            env,
+            log,
+        )
+        remove(copy_out)
+        settle(ckpt, opts.cache)
+        ours = measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log)
+        runs.append({"baseline": base, "prunecli": ours})
+        if rep == 0:
+            argv = [sys.executable, __file__, "_verify", str(ckpt), str(prune_out)]
+            check = json.loads(run_quiet(argv, env, log))
+            check["output_bytes"] = sum(p.stat().st_size for p in prune_out.iterdir())
+        remove(prune_out)
+    expected = keep_count(facts["prunable"], 1.0 - opts.sparsity)
+    check["expected_kept"] = expected
+    check["kept_equal"] = check["manifest_totals"]["kept"] == check["prunecli_nonzero"] == expected
+    return {"facts": facts, "generate": gen, "runs": runs, "check": check}
+
+
+def _median(runs: list[dict], who: str, key: str) -> float:
+    return statistics.median(r[who][key] for r in runs)
+
+
+def _row(case: str, metric: str, value: float, target: str) -> dict:
+    bound = TARGETS[target]
+    at_least = target.startswith("a_")
+    met = value >= bound if at_least else value <= bound
+    sign = ">=" if at_least else "<="
+    return {"case": case, "metric": metric, "value": value, "target": f"{sign} {bound:g}", "met": met}
+
+
+def summarize(results: dict) -> list[dict]:
+    """Median figures and ratios per case, with pass/fail against the targets."""
+    rows = []
+    if "A" in results:
+        runs = results["A"]["runs"]
+        bw, pw = _median(runs, "baseline", "wall_s"), _median(runs, "prunecli", "wall_s")
+        br, pr = _median(runs, "baseline", "rss_mib"), _median(runs, "prunecli", "rss_mib")
+        rows.append(_row("A", "speed-up (torch wall / prunecli wall)", bw / pw, "a_speedup"))
+        rows.append(_row("A", "memory ratio (torch RSS / prunecli RSS)", br / pr, "a_mem_ratio"))
+    if "B" in results:
+        runs = results["B"]["runs"]
+        size_mib = results["B"]["facts"]["bytes"] / MIB
+        cw, pw = _median(runs, "baseline", "wall_s"), _median(runs, "prunecli", "wall_s")
+        pr = _median(runs, "prunecli", "rss_mib")
+        rows.append(_row("B", "prunecli RSS / checkpoint size", pr / size_mib, "b_rss_over_size"))
+        rows.append(_row("B", "prunecli wall / copy wall", pw / cw, "b_wall_over_copy"))
+    return rows
+
+
+def print_report(opts, results: dict, rows: list[dict]) -> None:
+    print()
+    print(f"machine: {os.cpu_count()} CPUs, {_mem_total_gib():.1f} GiB RAM; python {sys.version.split()[0]}")
+    print(f"cache: {opts.cache}; repeats: {opts.repeat}; sparsity {opts.sparsity}; seed {opts.seed}")
+    if opts.quick:
+        print("--quick: sizes are far too small for the ratios to mean anything; this is a smoke test")
+    prefixes = ("MALLOC_", "PYTHONMALLOC", "OMP_", "MKL_", "LD_PRELOAD")
+    alloc = {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+    print(f"allocator/threads env (same for every child): {alloc or 'none set'}")
+    print()
+    print("| case | checkpoint | command | run | wall s | CPU s | peak RSS MiB |")
+    print("|---|---|---|---|---:|---:|---:|")
+    for case, res in results.items():
+        f = res["facts"]
+        desc = f"{f['params'] / 1e6:,.1f}M params, {f['bytes'] / 1e9:.2f} GB, {f['tensors']} tensors"
+        for i, run in enumerate(res["runs"], 1):
+            for who in ("baseline", "prunecli"):
+                m = run[who]
+                print(
+                    f"| {case} | {desc} | {m['label']} | {i} | {m['wall_s']:.2f} | {m['cpu_s']:.2f} "
+                    f"| {m['rss_mib']:,.0f} |"
+                )
+        g = res["generate"]
+        print(f"| {case} | {desc} | (generate checkpoint) | - | {g['wall_s']:.2f} | {g['cpu_s']:.2f} "
+              f"| {g['rss_mib']:,.0f} |")  # fmt: skip
+    print()
+    print("| case | ratio (medians) | measured | target | met |")
+    print("|---|---|---:|---|---|")
+    for r in rows:
+        met = "yes" if r["met"] else "NO"
+        print(f"| {r['case']} | {r['metric']} | {r['value']:.3f} | {r['target']} | {met} |")
+    print()
+    for case, res in results.items():
+        print(f"case {case} check: {json.dumps(res['check'])}")
+    own = _self_rss_mib()
+    print(f"driver peak RSS: {own:.0f} MiB (a lower bound folded into every child's figure)")
+
+
+def _mem_total_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _self_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds): a smoke test of everything")
+    p.add_argument("--cases", default="AB", help="which cases to run: A, B or AB (default AB)")
+    p.add_argument("--params-a", type=float, default=None, help="case A parameters (default 200e6)")
+    p.add_argument("--params-b", type=float, default=None, help="case B parameters (default 1.3e9)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="case B dtype (default fp32)")
+    p.add_argument("--hidden", type=int, default=None, help="weight matrices are HIDDENxHIDDEN (4096)")
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1, help="measured runs per command (medians reported)")
+    p.add_argument(
+        "--cache",
+        choices=("warm", "cold"),
+        default="warm",
+        help="before each run: read the checkpoint once (warm) or drop the page cache (cold, root)",
+    )
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="working folder (benchmarks/_work)")
+    p.add_argument("--keep", action="store_true", help="keep generated checkpoints and the log")
+    p.add_argument("--reuse", action="store_true", help="reuse a generated checkpoint with the same spec")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    opts = p.parse_args(argv)
+    big = not opts.quick
+    opts.params_a = opts.params_a or (200e6 if big else 4e6)
+    opts.params_b = opts.params_b or (1.3e9 if big else 16e6)
+    opts.hidden = opts.hidden or (4096 if big else 512)
+    opts.cases = opts.cases.upper()
+    if not set(opts.cases) <= {"A", "B"} or not opts.cases:
+        p.error("--cases takes A, B or AB")
+    if opts.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return opts
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in WORKERS:
+        WORKERS[argv[0]](argv[1:])
+        return 0
+    opts = parse_args(argv)
+    opts.work.mkdir(parents=True, exist_ok=True)
+    log = opts.work / "bench.log"
+    env = dict(os.environ)  # one environment, allocator settings included, for every child
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    results: dict = {}
+    ok = False
+    try:
+        if "A" in opts.cases:
+            print(f"case A: {opts.params_a:g} fp32 params, prunecli vs torch prune ...", flush=True)
+            results["A"] = case_a(opts, env, log)
+        if "B" in opts.cases:
+            print(f"case B: {opts.params_b:g} {opts.dtype} params, prunecli vs streamed copy ...", flush=True)
+            results["B"] = case_b(opts, env, log)
+        rows = summarize(results)
+        print_report(opts, results, rows)
+        if opts.json:
+            opts.json.write_text(json.dumps({"results": results, "ratios": rows}, indent=2))
+        ok = True
+    finally:
+        if not opts.keep:
+            for path in sorted(opts.work.glob("case_*")):
+                remove(path)
+            if ok:
+                remove(log)
+            else:
+                print(f"kept the log: {log}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,115 @@
+"""Exact selection: the streamed radix select against a plain stable sort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunecli.errors import ScoreError, UsageError
+from prunecli.selection import (
+    KEEP_ALL,
+    KEEP_NONE,
+    find_threshold,
+    keep_count,
+    nm_mask,
+    scores_to_keys,
+    shuffle_mask,
+    threshold_mask,
+    topk_mask,
+)
+
+
+def reference_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Prune in ascending (score, flat index) order; keep the last k."""
+    order = np.argsort(scores.ravel(), kind="stable")
+    mask = np.zeros(scores.size, bool)
+    mask[order[scores.size - k :]] = True
+    return mask.reshape(scores.shape)
+
+
+def streamed(parts: list[np.ndarray], k: int) -> list[np.ndarray]:
+    keys = [scores_to_keys(p.astype(np.float32), "t") for p in parts]
+    threshold = find_threshold(lambda: keys, k, sum(p.size for p in parts))
+    skip, masks = threshold.skip, []
+    for key in keys:
+        mask, used = threshold_mask(key, threshold, skip)
+        skip -= used
+        masks.append(mask)
+    return masks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_radix_select_matches_stable_sort_with_ties_and_signs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # few distinct values => many ties across tensor boundaries; signed; some ±0.0
+    values = rng.integers(-6, 7, size=3000).astype(np.float32) / 4
+    values[:50] = -0.0
+    parts = np.split(values, [700, 1900, 2000])
+    for k in (0, 1, 17, 1500, 2999, 3000):
+        got = np.concatenate([m.ravel() for m in streamed(parts, k)])
+        np.testing.assert_array_equal(got, reference_mask(values, k))
+        assert got.sum() == k
+
+
+def test_radix_select_continuous_values() -> None:
+    values = np.random.default_rng(1).standard_normal(100_000).astype(np.float32)
+    parts = np.split(values, [10, 50_000])
+    got = np.concatenate([m.ravel() for m in streamed(parts, 12_345)])
+    np.testing.assert_array_equal(got, reference_mask(values, 12_345))
+
+
+def test_keys_preserve_float_order() -> None:
+    values = np.array([-np.float32(3e38), -2.5, -1e-30, -0.0, 0.0, 1e-30, 1.0, 3e38], np.float32)
+    keys = scores_to_keys(values.copy(), "t")
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0)
+    assert keys[3] == keys[4]  # -0.0 and +0.0 tie
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused(bad: float) -> None:
+    with pytest.raises(ScoreError, match="NaN or infinite"):
+        scores_to_keys(np.array([1.0, bad], np.float32), "layer.weight")
+
+
+def test_invert_gives_the_complement_without_ties() -> None:
+    scores = np.random.default_rng(2).standard_normal((20, 10)).astype(np.float32)
+    kept = topk_mask(scores_to_keys(scores.copy(), "t"), 60)
+    inverted = topk_mask(scores_to_keys(scores.copy(), "t", invert=True), 140)
+    np.testing.assert_array_equal(kept, ~inverted)
+
+
+def test_keep_none_and_all() -> None:
+    keys = scores_to_keys(np.arange(5, dtype=np.float32), "t")
+    assert find_threshold(lambda: [keys], 0, 5) == KEEP_NONE
+    assert find_threshold(lambda: [keys], 5, 5) == KEEP_ALL
+    assert not threshold_mask(keys, KEEP_NONE, 0)[0].any()
+    assert threshold_mask(keys, KEEP_ALL, 0)[0].all()
+
+
+def test_keep_count_rounds_half_up() -> None:
+    assert keep_count(3, 0.5) == 2
+    assert keep_count(10, 0.1) == 1
+    assert keep_count(266200, 0.1) == 26620
+    assert keep_count(1, 0.0) == 0 and keep_count(1, 1.0) == 1
+
+
+def test_nm_mask_keeps_n_per_group_of_conv_rows() -> None:
+    keys = scores_to_keys(np.random.default_rng(3).standard_normal((4, 2, 2, 2)).astype(np.float32), "c")
+    mask = nm_mask(keys, 2, 4, "conv.weight")
+    assert mask.shape == (4, 2, 2, 2)
+    assert (mask.reshape(4, 2, 4).sum(-1) == 2).all()
+
+
+def test_nm_mask_refuses_row_length_not_multiple() -> None:
+    keys = scores_to_keys(np.ones((2, 6), np.float32), "w")
+    with pytest.raises(UsageError, match=r"fc\.weight.*multiple of 4") as info:
+        nm_mask(keys, 2, 4, "fc.weight")
+    assert "--exclude 'fc.weight'" in info.value.hint
+
+
+def test_shuffle_keeps_count_and_moves_entries() -> None:
+    mask = np.zeros((50, 50), bool)
+    mask[:5] = True
+    shuffled = shuffle_mask(mask, np.random.default_rng(0))
+    assert shuffled.sum() == mask.sum() and shuffled.shape == mask.shape
+    assert not np.array_equal(shuffled, mask)
