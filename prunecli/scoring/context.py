@@ -1,0 +1,58 @@
+"""What a model-based scorer receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+Batch = tuple["torch.Tensor", "torch.Tensor | None"]
+
+
+class _NoProgress:
+    def stage(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+
+@dataclass
+class ScoringContext:
+    """A live model on its device, the prunable names, data and the method's options.
+
+    `density` is the target for iterative methods (None for one-shot methods).
+    """
+
+    model: torch.nn.Module
+    names: list[str]
+    batches: list[Batch] = field(default_factory=list)
+    loss: str = "ce"
+    input_shape: tuple[int, ...] | None = None
+    density: float | None = None
+    iterations: int = 1
+    schedule: str = "exp"
+    temperature: float = 200.0
+    progress: object = field(default_factory=_NoProgress)
+
+
+@dataclass
+class ScoreResult:
+    """Scores keyed by name (higher = keep); iterative methods also give their final masks."""
+
+    scores: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor] | None = None
+
+
+def schedule_densities(density: float, iterations: int, schedule: str) -> list[float]:
+    """d_t for t = 1..T: exponential d^(t/T) or linear 1 − (1−d)·t/T; the last is d."""
+    steps = range(1, iterations + 1)
+    if schedule == "exp":
+        return [density ** (t / iterations) for t in steps]
+    if schedule == "linear":
+        return [1.0 - (1.0 - density) * t / iterations for t in steps]
+    from prunecli.errors import UsageError
+
+    raise UsageError(f"unknown --schedule {schedule!r}", "use exp or linear")

@@ -1,0 +1,93 @@
+"""FORCE and Iter-SNIP: iterative connection sensitivity (de Jorge et al. 2021, ICLR).
+
+At each step t = 1..T the network computes w = θ₀⊙m, the gradient is averaged over the
+calibration batches, and the mask becomes the global top d_t (exponential schedule by
+default, methods.md §5).
+- FORCE: S = |θ₀⊙∇_w L|, so pruned weights still get a gradient and can be revived.
+- Iter-SNIP: S = |w⊙∇_w L| with pruned weights ranked below every other, so masks only
+  shrink.
+The reference scores in train mode. Higher = keep.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prunecli.scoring.registry import register_model_method
+
+if TYPE_CHECKING:
+    import torch
+
+    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+
+
+def iterative_snip_scores(
+    model: torch.nn.Module,
+    names: list[str],
+    batches: list[Batch],
+    density: float,
+    iterations: int,
+    *,
+    revive: bool,
+    schedule: str = "exp",
+    loss: str = "ce",
+    progress: object = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(last step's scores, final masks); `revive=True` is FORCE, False is Iter-SNIP."""
+    import torch
+
+    from prunecli.scoring.context import _NoProgress, schedule_densities
+    from prunecli.scoring.functional import keep_top, leaf_weights, mean_gradient, step_counts
+
+    progress = progress or _NoProgress()
+    theta0 = {n: w.detach() for n, w in leaf_weights(model, names).items()}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in theta0.items()}
+    total = sum(w.numel() for w in theta0.values())
+    for keep in step_counts(total, schedule_densities(density, iterations, schedule), "force"):
+        current = {n: (w * masks[n]).requires_grad_(True) for n, w in theta0.items()}
+        grads = mean_gradient(model, current, batches, loss, progress)
+        if revive:
+            scores = {n: (theta0[n] * grads[n]).abs() for n in names}
+        else:  # pruned weights rank below everything: they never come back
+            scores = {n: torch.where(masks[n], (current[n].detach() * grads[n]).abs(), -1.0) for n in names}
+        masks = keep_top(scores, keep)
+    return scores, masks
+
+
+def _run(ctx: ScoringContext, revive: bool) -> ScoreResult:
+    from prunecli.scoring.context import ScoreResult
+
+    ctx.progress.stage(
+        f"{'FORCE' if revive else 'Iter-SNIP'}: steps × batches", ctx.iterations * len(ctx.batches)
+    )
+    scores, masks = iterative_snip_scores(
+        ctx.model, ctx.names, ctx.batches, ctx.density, ctx.iterations,
+        revive=revive, schedule=ctx.schedule, loss=ctx.loss, progress=ctx.progress,
+    )  # fmt: skip
+    return ScoreResult(scores, masks)
+
+
+@register_model_method(
+    "force",
+    summary="iterative |θ₀⊙∇L(θ₀⊙m)|: pruned weights may be revived",
+    paper="de Jorge et al. 2021 (ICLR)",
+    needs="--arch and --data (labels optional); --sparsity at score time",
+    data="batches",
+    bn_mode="train",
+    iterative=True,
+)
+def force_method(ctx: ScoringContext) -> ScoreResult:
+    return _run(ctx, revive=True)
+
+
+@register_model_method(
+    "iter-snip",
+    summary="iterative SNIP on the masked network: masks only shrink",
+    paper="de Jorge et al. 2021 (ICLR)",
+    needs="--arch and --data (labels optional); --sparsity at score time",
+    data="batches",
+    bn_mode="train",
+    iterative=True,
+)
+def iter_snip_method(ctx: ScoringContext) -> ScoreResult:
+    return _run(ctx, revive=False)

@@ -1,0 +1,78 @@
+"""Losses and gradients with respect to chosen weights, through `torch.func.functional_call`.
+
+Scorers swap in their own weight tensors (θ, θ⊙m, |θ|) without touching the module's
+parameters, so scoring never edits the model it was given.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import functional_call
+
+from prunecli.scoring.context import Batch
+from prunecli.scoring.losses import compute_loss
+from prunecli.scoring.topk import topk_masks
+from prunecli.selection import keep_count
+
+
+def leaf_weights(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Detached copies of the named parameters that require grad (the scoring leaves)."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone().requires_grad_(True) for n in names}
+
+
+def batch_loss(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    batch: Batch,
+    loss: str,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The loss of one batch with `weights` in place of the model's own."""
+    inputs, labels = batch
+    logits = functional_call(model, weights, (inputs,), strict=False)  # (B, K)
+    return compute_loss(loss, logits / temperature, labels)
+
+
+def mean_gradient(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    batches: list[Batch],
+    loss: str,
+    progress: object,
+) -> dict[str, torch.Tensor]:
+    """The signed gradient averaged over batches (multi-batch variant (a) of methods.md §2)."""
+    total = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for batch in batches:
+        grads = torch.autograd.grad(batch_loss(model, weights, batch, loss), list(weights.values()))
+        for name, grad in zip(weights, grads, strict=True):
+            total[name] += grad
+        progress.advance()
+    return {n: g / len(batches) for n, g in total.items()}
+
+
+def global_topk(scores: dict[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
+    """Exact global top-k masks (k = round(N·d)) by the same rule as `apply`."""
+    return keep_top(scores, keep_count(sum(s.numel() for s in scores.values()), density))
+
+
+def keep_top(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Exact global masks keeping the k highest scores (ties: lower flat index pruned first)."""
+    return dict(zip(scores, topk_masks(list(scores.values()), k), strict=True))
+
+
+def step_counts(total: int, densities: list[float], reference: str) -> list[int]:
+    """How many weights each step of an iterative method keeps.
+
+    Intermediate steps count as the method's reference code does: SynFlow prunes
+    ⌊(1−d_t)·N⌋ ("synflow"), FORCE keeps ⌊d_t·N⌋ ("force"). The last step keeps
+    round(N·d), exactly what `apply` keeps at that density, so the two agree.
+    """
+    eps = 1e-9
+    if reference == "synflow":
+        counts = [total - math.floor((1.0 - d) * total + eps) for d in densities[:-1]]
+    else:
+        counts = [math.floor(d * total + eps) for d in densities[:-1]]
+    return [*counts, keep_count(total, densities[-1])]
