@@ -137,8 +137,9 @@ def load_torch_file(path: Path) -> object:
             "save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors",
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({str(exc).splitlines()[0][:160]})",
+            f"{path} is not a readable torch checkpoint ({first[:160]})",
             "re-save it with torch.save(model.state_dict(), path) or as safetensors",
         ) from None
 
@@ -269,19 +270,24 @@ def guard_output_file(path: Path, force: bool) -> None:
         raise InputError(f"output folder {path.parent} does not exist", "create it first")
 
 
+def check_output_folder(path: Path, force: bool) -> None:
+    """Refuse a non-empty output folder without --force, a file in its place, or no parent."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output {path} exists and is not a folder", "name a folder for -o")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputExistsError(f"output folder {path} is not empty", "pass --force to replace it")
+    if not path.absolute().parent.is_dir():
+        raise InputError(f"output folder's parent {path.absolute().parent} does not exist", "create it first")
+
+
 @contextmanager
 def output_folder(path: Path, force: bool) -> Iterator[Path]:
     """A temporary sibling folder that replaces `path` only if the block succeeds.
 
     An existing non-empty `path` is refused unless `force`; nothing is left behind on error.
     """
-    if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder", "name a folder for -o")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {path} is not empty", "pass --force to replace it")
+    check_output_folder(path, force)
     parent = path.absolute().parent
-    if not parent.is_dir():
-        raise InputError(f"output folder's parent {parent} does not exist", "create it first")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     except OSError as exc:
