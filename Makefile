@@ -7,8 +7,9 @@ TORCH_VERSION ?= 2.13.0
 .PHONY: demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	@# torch: keep whatever torch the environment has; otherwise take the pinned CPU build
+	@# torch: a Python that already has torch lends it to the venv; otherwise the pinned CPU build
+	if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		$(PYTHON) -m venv --system-site-packages $(VENV); else $(PYTHON) -m venv $(VENV); fi
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -e ".[dev]"
 	touch $@

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunecli.errors import CheckpointError, UsageError
+from prunecli.errors import CheckpointError, ScoreError, UsageError
 
 # safetensors name -> numpy dtype holding the exact bytes
 RAW_DTYPES: dict[str, np.dtype] = {
@@ -79,3 +79,14 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         f"cannot score tensors of dtype {dtype}",
         "exclude them with --exclude, or convert the checkpoint to bf16/fp16/fp32/fp64",
     )
+
+
+def finite_weights(raw: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """Float32 weights to score; NaN or infinite weights are refused, naming the tensor."""
+    weights = to_float32(raw, dtype)
+    if weights.size and not (np.isfinite(weights.min()) and np.isfinite(weights.max())):
+        raise ScoreError(
+            f"weights of {name} contain NaN or infinite values",
+            "check the checkpoint (inspect) or exclude the tensor with --exclude",
+        )
+    return weights

@@ -5,6 +5,10 @@ The library raises these; the CLI turns each into one stderr line and its exit c
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -22,13 +26,11 @@ class PruneError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        """The message and the hint on a single line, for stderr."""
-        text = self.message.rstrip(".")
+        """The message and the hint on a single line, for stderr (terminal colours removed)."""
+        text = self.message.rstrip(".") + "."
         if self.hint:
-            text += f". {self.hint.rstrip('.')}."
-        else:
-            text += "."
-        return " ".join(text.split())
+            text += f" {self.hint.rstrip('.')}."
+        return " ".join(_ANSI.sub("", text).split())
 
 
 class UsageError(PruneError):

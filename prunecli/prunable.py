@@ -14,12 +14,13 @@ from prunecli.dtypes import is_float
 from prunecli.errors import UsageError
 from prunecli.safetensors_io import TensorInfo
 
+SCORABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # fp8 tensors are left alone by default
 _EXCLUDED_NAME = re.compile(r"(^|[._])(embed\w*|wte|wpe|\w*norm\w*|bn\d*|ln\w*)([._]|$)", re.I)
 
 
 def looks_prunable(name: str, info: TensorInfo) -> bool:
     """The default rule: a float tensor with ndim >= 2 whose name is no embedding or norm."""
-    return is_float(info.dtype) and len(info.shape) >= 2 and not _EXCLUDED_NAME.search(name)
+    return info.dtype in SCORABLE_DTYPES and len(info.shape) >= 2 and not _EXCLUDED_NAME.search(name)
 
 
 def prunable_names(

@@ -19,7 +19,7 @@ import numpy as np
 
 from prunecli import __version__
 from prunecli.checkpoints import Checkpoint, output_folder
-from prunecli.dtypes import as_unsigned, to_float32
+from prunecli.dtypes import as_unsigned, finite_weights
 from prunecli.errors import InputError, UsageError
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
 from prunecli.safetensors_io import SafetensorsWriter
@@ -87,6 +87,8 @@ class SelectionSpec:
             raise UsageError(f"unknown --allocation {self.allocation!r}", "use uniform or erk")
         if self.allocation == "erk" and self.scope == "global":
             raise UsageError("--allocation erk sets per-layer densities", "use it with --scope layer")
+        if self.shuffle and self.pattern:
+            raise UsageError("--shuffle would break the --pattern N:M structure", "use one of them")
 
     def record(self) -> dict[str, Any]:
         return {
@@ -131,7 +133,7 @@ class KeySource:
         else:
             if raw is None:
                 raw = self.ckpt.read(name, self._raw_buf)
-            scores = self.method.scorer(name, to_float32(raw, info.dtype), self.seed, out)
+            scores = self.method.scorer(name, finite_weights(raw, info.dtype, name), self.seed, out)
         return scores_to_keys(scores, name, self.invert)
 
 
@@ -246,6 +248,13 @@ def write_pruned(
     return records
 
 
+def _floor_warnings(spec: SelectionSpec, prunable: int, kept: int) -> list[dict[str, Any]]:
+    if spec.min_density <= 0 or kept <= keep_count(prunable, spec.density):
+        return []
+    message = f"--min-density {spec.min_density:g} raised the density to {kept / prunable:.6f}"
+    return [{"kind": "floors_raised_density", "tensor": None, "message": message}]
+
+
 def _collapse_warnings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -274,6 +283,7 @@ class ApplyRequest:
     seed: int = 0
     force: bool = False
     arch: str | None = None
+    data_fingerprint: str | None = None
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -332,7 +342,7 @@ def _manifest(
             "params": req.method_params,
             "seed": req.seed,
             "scores": scores,
-            "data_fingerprint": None,
+            "data_fingerprint": req.data_fingerprint,
         },
         "selection": req.spec.record(),
         "totals": {
@@ -342,6 +352,6 @@ def _manifest(
             "sparsity": 1.0 - kept / prunable if prunable else 0.0,
         },
         "tensors": records,
-        "warnings": req.warnings + _collapse_warnings(records),
+        "warnings": req.warnings + _floor_warnings(req.spec, prunable, kept) + _collapse_warnings(records),
         "files": {"model": MODEL_FILE, "masks": MASKS_FILE},
     }

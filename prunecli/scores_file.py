@@ -13,9 +13,9 @@ import numpy as np
 
 from prunecli import __version__
 from prunecli.checkpoints import Checkpoint, guard_output_file, open_checkpoint
-from prunecli.dtypes import to_float32
+from prunecli.dtypes import finite_weights
 from prunecli.errors import InputError, ScoreError
-from prunecli.safetensors_io import SafetensorsWriter
+from prunecli.safetensors_io import SafetensorsWriter, write_arrays
 from prunecli.scoring.registry import Method
 
 SCORES_FORMAT = "prunecli.scores"
@@ -48,7 +48,7 @@ def compute_scores(
     entries = [(n, "F32", ckpt.tensors[n].shape) for n in names]
     with SafetensorsWriter(out, entries, metadata) as writer:
         for name in names:
-            weights = to_float32(ckpt.read(name), ckpt.tensors[name].dtype)
+            weights = finite_weights(ckpt.read(name), ckpt.tensors[name].dtype, name)
             scores = method.scorer(name, weights, seed, None)
             if not np.isfinite(scores).all():
                 raise ScoreError(
@@ -59,6 +59,12 @@ def compute_scores(
             if callable(on_tensor):
                 on_tensor()
     return metadata
+
+
+def write_scores(out: Path, scores: dict[str, np.ndarray], metadata: dict[str, str], force: bool) -> None:
+    """Write in-memory float32 scores atomically (refusing an existing file without force)."""
+    guard_output_file(out, force)
+    write_arrays(out, {n: ("F32", np.ascontiguousarray(s, np.float32)) for n, s in scores.items()}, metadata)
 
 
 def open_scores(path: Path, ckpt: Checkpoint) -> Checkpoint:

@@ -85,8 +85,19 @@ def test_layer_scope_erk_and_floor(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
         "--json",
     )
     assert r.code == 0 and json.loads(r.out)["selection"]["scope"] == "layer"
-    r = cli("apply", mlp_ckpt, "--method", "magnitude", "--sparsity", "0.99", "--min-density", "0.2",
-            "-o", tmp_path / "f", "--json")  # fmt: skip
+    r = cli(
+        "apply",
+        mlp_ckpt,
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.99",
+        "--min-density",
+        "0.2",
+        "-o",
+        tmp_path / "f",
+        "--json",
+    )
     densities = {t["name"]: t["density"] for t in json.loads(r.out)["tensors"] if t["pruned"]}
     assert min(densities.values()) >= 0.2  # floors win over the target
     # floors that fit the budget: the total stays exact and the rest is ranked globally
@@ -114,8 +125,10 @@ def test_layer_scope_erk_and_floor(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
 
 def test_pattern_two_four(cli, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    ckpt = save_f32(tmp_path / "m.safetensors", {"a.weight": rng.standard_normal((8, 16)),
-                                                 "b.weight": rng.standard_normal((4, 6))})  # fmt: skip
+    ckpt = save_f32(
+        tmp_path / "m.safetensors",
+        {"a.weight": rng.standard_normal((8, 16)), "b.weight": rng.standard_normal((4, 6))},
+    )
     r = cli("apply", ckpt, "--method", "magnitude", "--pattern", "2:4", "-o", tmp_path / "o")
     assert r.code == 2 and "b.weight" in r.err and "--exclude" in r.err and not (tmp_path / "o").exists()
     r = cli(
@@ -158,8 +171,10 @@ def test_shuffle_and_invert(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
 def test_sparsity_edges(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
     r = cli("apply", mlp_ckpt, "-m", "magnitude", "-s", "0", "-o", tmp_path / "zero", "--json")
     assert r.code == 0 and json.loads(r.out)["totals"]["sparsity"] == 0.0
-    assert load_file(tmp_path / "zero" / "model.safetensors")["fc1.weight"].tobytes() == \
-        load_file(mlp_ckpt)["fc1.weight"].tobytes()  # fmt: skip
+    assert (
+        load_file(tmp_path / "zero" / "model.safetensors")["fc1.weight"].tobytes()
+        == load_file(mlp_ckpt)["fc1.weight"].tobytes()
+    )
     r = cli("apply", mlp_ckpt, "-m", "magnitude", "-s", "1", "-o", tmp_path / "one", "--json")
     assert r.code == 0
     manifest = json.loads(r.out)
@@ -328,3 +343,38 @@ def test_demo_runs(cli, tmp_path: Path) -> None:
     r = cli("demo", "--workdir", tmp_path)
     assert r.code == 0 and "magnitude" in r.err and "random" in r.err
     assert (tmp_path / "magnitude-90" / "manifest.json").is_file()
+
+
+def test_lamp_refuses_nan_weights(cli, tmp_path: Path) -> None:
+    w = np.ones((4, 4))
+    w[0, 0] = np.nan
+    ckpt = save_f32(tmp_path / "m.safetensors", {"fc.weight": w})
+    for args in (
+        ["score", ckpt, "-m", "lamp", "-o", tmp_path / "s.safetensors"],
+        ["apply", ckpt, "-m", "lamp", "-s", "0.5", "-o", tmp_path / "o"],
+    ):
+        r = cli(*args)
+        assert r.code == 3 and "fc.weight" in r.err
+
+
+def test_floors_above_target_are_reported(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
+    r = cli(
+        "apply",
+        mlp_ckpt,
+        "-m",
+        "magnitude",
+        "-s",
+        "0.99",
+        "--min-density",
+        "0.2",
+        "-o",
+        tmp_path / "o",
+        "--json",
+    )
+    assert r.code == 0 and "raised the density" in r.err
+    assert any(w["kind"] == "floors_raised_density" for w in json.loads(r.out)["warnings"])
+
+
+def test_shuffle_with_pattern_is_refused(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
+    r = cli("apply", mlp_ckpt, "-m", "magnitude", "--pattern", "2:4", "--shuffle", "-o", tmp_path / "o")
+    assert r.code == 2 and "--shuffle" in r.err

@@ -12,15 +12,27 @@ SUMMARY = {
     "path": "out/manifest.json",
     "kind": "manifest",
     "tensors": [
-        {"name": "fc1.weight", "shape": [300, 784], "numel": 235200, "kept": 7762, "density": 0.033,
-         "pruned": True},
+        {
+            "name": "fc1.weight",
+            "shape": [300, 784],
+            "numel": 235200,
+            "kept": 7762,
+            "density": 0.033,
+            "pruned": True,
+        },
         {"name": "fc1.bias", "shape": [300], "numel": 300, "kept": 300, "density": 1.0, "pruned": False},
-        {"name": "fc2.weight", "shape": [100, 300], "numel": 30000, "kept": 0, "density": 0.0,
-         "pruned": True},
+        {
+            "name": "fc2.weight",
+            "shape": [100, 300],
+            "numel": 30000,
+            "kept": 0,
+            "density": 0.0,
+            "pruned": True,
+        },
     ],
     "totals": {"params": 265500, "prunable": 265200, "kept": 7762, "sparsity": 1 - 7762 / 265200},
     "collapsed": ["fc2.weight"],
-}  # fmt: skip
+}
 
 EXPECTED = """\
 out/manifest.json (manifest)

@@ -13,7 +13,7 @@ from prunecli.checkpoints import load_state_dict
 from prunecli.models.zoo import ZOO, build_model, input_shape
 
 
-@pytest.mark.parametrize("arch", list(ZOO))
+@pytest.mark.parametrize("arch", ["lenet-300-100", "lenet-5", "vgg16", "resnet20"])
 def test_forward_shapes(arch: str) -> None:
     model = build_model(arch).eval()
     assert model(torch.zeros(2, *input_shape(arch))).shape == (2, 10)

@@ -15,8 +15,17 @@ from prunecli.checkpoints import load_state_dict, open_checkpoint, save_state_di
 from prunecli.errors import CheckpointError
 from prunecli.safetensors_io import SafetensorsWriter, write_arrays
 
-DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int64, torch.int32,
-          torch.int8, torch.uint8, torch.bool]  # fmt: skip
+DTYPES = [
+    torch.bfloat16,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 
 
 def sample(dtype: torch.dtype) -> torch.Tensor:

@@ -60,8 +60,10 @@ SNIP = [0.643184, 0.888373, 0.101782, 0.378579, 1.276660, 0.411682, 0.571910, 0.
 def test_snip_full_batch() -> None:
     scores = flat(snip_scores(n0(), NAMES, [(X, Y)]))
     close(scores, SNIP)
-    close(scores / scores.sum(), [0.100914, 0.139383, 0.015969, 0.059398, 0.200305, 0.064592, 0.089731,
-                                  0.039022, 0.134597, 0.156089])  # fmt: skip
+    close(
+        scores / scores.sum(),
+        [0.100914, 0.139383, 0.015969, 0.059398, 0.200305, 0.064592, 0.089731, 0.039022, 0.134597, 0.156089],
+    )
 
 
 def test_snip_multi_batch_is_mean_gradient_then_score() -> None:
@@ -85,8 +87,10 @@ def test_snip_unsupervised_losses() -> None:
         flat(snip_scores(n0(), NAMES, [(X, None)], loss="uniform")),
         [0.122350, 0.263373, 0.049698, 0.586912, 0.547493, 0.203348, 0.134410, 0.186211, 0.201615, 0.744846],
     )
-    close(flat(snip_scores(n0(), NAMES, [(X, Y)], loss="nll")),
-          [0.625, 0.75, 0.0625, 1.333333, 0.666667, 0.208333, 0, 0.458333, 1.3125, 1.333333])  # fmt: skip
+    close(
+        flat(snip_scores(n0(), NAMES, [(X, Y)], loss="nll")),
+        [0.625, 0.75, 0.0625, 1.333333, 0.666667, 0.208333, 0, 0.458333, 1.3125, 1.333333],
+    )
 
 
 def test_losses_values() -> None:
@@ -127,19 +131,52 @@ def test_grasp_t200() -> None:
     from prunecli.scoring.functional import global_topk
 
     scores = grasp_scores(n0(), NAMES, [(X, Y)])
-    expected = [-4.865827e-6, -5.846166e-6, 4.888885e-7, 7.094009e-7, -2.328892e-6, 6.675884e-7, -1.548950e-5,
-                -1.195874e-5, -2.323424e-5, -4.783496e-5]  # fmt: skip
+    expected = [
+        -4.865827e-6,
+        -5.846166e-6,
+        4.888885e-7,
+        7.094009e-7,
+        -2.328892e-6,
+        6.675884e-7,
+        -1.548950e-5,
+        -1.195874e-5,
+        -2.323424e-5,
+        -4.783496e-5,
+    ]
     np.testing.assert_allclose(-flat(scores), expected, rtol=1e-6, atol=5e-13)
     normalised = -flat(scores) / (abs(flat(scores).sum()) + 1e-10)
-    close(normalised, [-0.044359, -0.053296, 0.004457, 0.006467, -0.021231, 0.006086, -0.141208, -0.109021,
-                       -0.211812, -0.436082])  # fmt: skip
+    close(
+        normalised,
+        [
+            -0.044359,
+            -0.053296,
+            0.004457,
+            0.006467,
+            -0.021231,
+            0.006086,
+            -0.141208,
+            -0.109021,
+            -0.211812,
+            -0.436082,
+        ],
+    )
     assert masks_of(global_topk(scores, 0.5)) == [[[0, 1, 0], [0, 0, 0]], [[1, 1], [1, 1]]]
 
 
 def test_grasp_two_batches() -> None:
     scores = flat(grasp_scores(n0(), NAMES, [(X[:1], Y[:1]), (X[1:], Y[1:])]))
-    expected = [-0.062566, -0.054952, -0.000213, -0.001421, 0.006453, -0.001461, -0.186384, -0.083976,
-                -0.279576, -0.335905]  # fmt: skip
+    expected = [
+        -0.062566,
+        -0.054952,
+        -0.000213,
+        -0.001421,
+        0.006453,
+        -0.001461,
+        -0.186384,
+        -0.083976,
+        -0.279576,
+        -0.335905,
+    ]
     close(-scores / (abs(scores.sum()) + 1e-10), expected)
 
 
@@ -165,8 +202,13 @@ def test_synflow_iterative_vectors() -> None:
 
 def test_synflow_conservation_bias_free_relu_mlp() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 30, bias=False), nn.ReLU(), nn.Linear(30, 15, bias=False), nn.ReLU(),
-                          nn.Linear(15, 5, bias=False)).double()  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(20, 30, bias=False),
+        nn.ReLU(),
+        nn.Linear(30, 15, bias=False),
+        nn.ReLU(),
+        nn.Linear(15, 5, bias=False),
+    ).double()
     names = ["0.weight", "2.weight", "4.weight"]
     scores, _ = synflow_scores(model, names, (20,))
     positive = nn.Sequential(*[m for m in model]).double()
@@ -180,8 +222,10 @@ def test_synflow_conservation_bias_free_relu_mlp() -> None:
 
 def test_force_and_iter_snip_two_steps() -> None:
     f_scores, f_masks = iterative_snip_scores(n0(), NAMES, [(X, Y)], 0.5, 2, revive=True)
-    close(flat(f_scores), [1.013751, 1.205353, 0.097792, 1.090099, 0.545050, 0.136262, 0.887641, 0.102197,
-                           1.331462, 0.408787])  # fmt: skip
+    close(
+        flat(f_scores),
+        [1.013751, 1.205353, 0.097792, 1.090099, 0.545050, 0.136262, 0.887641, 0.102197, 1.331462, 0.408787],
+    )
     assert masks_of(f_masks) == [[[1, 1, 0], [1, 0, 0]], [[1, 0], [1, 0]]]  # W1[1,0] revived
     i_scores, i_masks = iterative_snip_scores(n0(), NAMES, [(X, Y)], 0.5, 2, revive=False)
     expected = np.array([1.013751, 1.205353, -1, -1, 0.545050, 0.136262, 0.887641, -1, 1.331462, 0.408787])

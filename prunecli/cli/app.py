@@ -14,6 +14,7 @@ from prunecli.cli.demo_cmd import demo
 from prunecli.cli.init_cmd import init
 from prunecli.cli.inspect_cmd import inspect
 from prunecli.cli.methods_cmd import methods
+from prunecli.cli.prune_cmd import prune
 from prunecli.cli.score_cmd import score
 from prunecli.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PruneError
 
@@ -25,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, score, apply, inspect, methods, demo):
+for command in (init, score, apply, prune, inspect, methods, demo):
     app.command(command.__name__)(command)
 
 
@@ -85,6 +86,8 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return _fail(exc.one_line(), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
     except MemoryError:
         return _fail("out of memory. Use a smaller model, or a machine with more memory.", EXIT_RUNTIME)
     except Exception as exc:  # the last line of defence: never a traceback

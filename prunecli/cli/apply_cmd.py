@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from prunecli.cli import options as opt
 from prunecli.cli.output import RichProgress, emit_json, note, warn
 from prunecli.errors import UsageError
+
+if TYPE_CHECKING:
+    from prunecli.pruning import ApplyRequest, SelectionSpec
 
 
 def apply(
@@ -56,24 +59,39 @@ def apply(
 
       prunecli apply model.safetensors --method magnitude --pattern 2:4 -o out24/
     """
-    from prunecli.checkpoints import open_checkpoint
-    from prunecli.prunable import is_excluded, prunable_names
-    from prunecli.pruning import ApplyRequest, SelectionSpec, apply_pruning
-    from prunecli.scores_file import open_scores
-    from prunecli.scoring import get_method
-
     if (scores is None) == (method is None):
         raise UsageError("give exactly one of --scores and --method", "e.g. --method magnitude")
+    spec = selection_spec(
+        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude
+    )
+    run_apply(checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
+              json_out=json_out, quiet=quiet)  # fmt: skip
+
+
+def selection_spec(
+    sparsity: float | None,
+    density: float | None,
+    scope: str | None,
+    allocation: str,
+    min_density: float,
+    pattern: str | None,
+    shuffle: bool,
+    invert: bool,
+    include: list[str] | None,
+    exclude: list[str] | None,
+) -> SelectionSpec:
+    """Validate the selection options once, at the edge, into a SelectionSpec."""
+    from prunecli.pruning import SelectionSpec
+
     nm = opt.parse_pattern(pattern) if pattern else None
     target = opt.target_density(sparsity, density, required=nm is None)
     if nm and target is not None and abs(target - nm[0] / nm[1]) > 1e-9:
         raise UsageError(
             f"--pattern {pattern} keeps {nm[0]}/{nm[1]}, not density {target:g}", "drop --sparsity"
         )
-    resolved_scope = scope or ("layer" if allocation == "erk" else "global")
     spec = SelectionSpec(
         density=nm[0] / nm[1] if nm else target,
-        scope=resolved_scope,
+        scope=scope or ("layer" if allocation == "erk" else "global"),
         allocation=allocation,
         min_density=opt.fraction(min_density, "--min-density"),
         pattern=nm,
@@ -83,6 +101,29 @@ def apply(
         exclude=tuple(exclude or ()),
     )
     spec.validate()
+    return spec
+
+
+def run_apply(
+    checkpoint: Path,
+    output: Path,
+    spec: SelectionSpec,
+    *,
+    method: str | None = None,
+    scores: Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    json_out: bool = False,
+    quiet: bool = False,
+    scores_label: str | None = None,
+) -> None:
+    """Open the inputs, run `apply_pruning`, and report; `scores_label` names temporary scores."""
+    from prunecli.checkpoints import open_checkpoint
+    from prunecli.prunable import is_excluded, prunable_names
+    from prunecli.pruning import ApplyRequest, apply_pruning
+    from prunecli.scores_file import open_scores
+    from prunecli.scoring import get_method
+
     chosen = get_method(method) if method else None
     with open_checkpoint(checkpoint) as ckpt:
         for line in ckpt.notes:
@@ -99,11 +140,13 @@ def apply(
             out=output,
             method=chosen,
             scores=score_file,
-            scores_path=scores,
+            scores_path=scores if scores_label is None else Path(scores_label),
             method_name=chosen.name if chosen else score_file.metadata.get("method", "unknown"),
             seed=seed,
             force=force,
         )
+        if score_file is not None:
+            describe_scores(request, score_file.metadata)
         try:
             with RichProgress(quiet) as progress:
                 manifest = apply_pruning(request, progress)
@@ -117,3 +160,21 @@ def apply(
          f"(sparsity {totals['sparsity']:.4f})", quiet)  # fmt: skip
     if json_out:
         emit_json(manifest)
+
+
+def describe_scores(request: ApplyRequest, metadata: dict[str, str]) -> None:
+    """Carry the scores file's provenance into the manifest, and warn on a target mismatch."""
+    import json
+
+    request.method_params = json.loads(metadata.get("params") or "{}")
+    request.data_fingerprint = metadata.get("data_fingerprint") or None
+    request.arch = metadata.get("arch") or None
+    scored_at = metadata.get("sparsity")
+    target = 1.0 - request.spec.density
+    if scored_at and abs(float(scored_at) - target) > 1e-9:
+        request.warnings.append({
+            "kind": "sparsity_mismatch",
+            "tensor": None,
+            "message": f"the {metadata.get('method')} scores were computed for sparsity "
+            f"{float(scored_at):g}, applied at {target:g}: iterative masks are exact only at their own",
+        })  # fmt: skip

@@ -55,3 +55,47 @@ def parse_pattern(text: str) -> tuple[int, int]:
     if not 0 < n <= m:
         raise UsageError(f"--pattern {text!r} needs 0 < N <= M", "write it like 2:4") from None
     return n, m
+
+
+# Options of model-based scoring, shared by `score` and `prune`.
+Arch = Annotated[
+    Optional[str],
+    typer.Option("--arch", help="Zoo name, package.module:factory, file.py:factory, or a .pt2 archive."),
+]
+ArchArgs = Annotated[
+    Optional[str], typer.Option("--arch-args", help="JSON keyword arguments for the factory.")
+]
+Data = Annotated[
+    Optional[str],
+    typer.Option("--data", help="Calibration data: .npz/.npy/.safetensors/.pt, random:SHAPE or ones:SHAPE."),
+]
+InputShape = Annotated[
+    Optional[str],
+    typer.Option("--input-shape", help="One example's shape, e.g. 3x32x32 (data-free methods)."),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per calibration batch.")]
+NumBatches = Annotated[int, typer.Option("--num-batches", help="Calibration batches.")]
+PerClass = Annotated[
+    Optional[int], typer.Option("--per-class", help="Class-balanced: N examples of each class (as GraSP).")
+]
+InputsKey = Annotated[Optional[str], typer.Option("--inputs-key", help="Array name of the inputs in --data.")]
+LabelsKey = Annotated[Optional[str], typer.Option("--labels-key", help="Array name of the labels in --data.")]
+Loss = Annotated[
+    Optional[str],
+    typer.Option("--loss", help="ce (default with labels), pseudo (default without), uniform or nll."),
+]
+Iterations = Annotated[
+    Optional[int], typer.Option("--iterations", help="Steps of iterative methods (SynFlow 100, FORCE 10).")
+]
+Schedule = Annotated[
+    str, typer.Option("--schedule", help="Density schedule of iterative methods: exp or linear.")
+]
+Temperature = Annotated[float, typer.Option("--temperature", help="GraSP's softmax temperature.")]
+BnMode = Annotated[
+    Optional[str],
+    typer.Option("--bn-mode", help="Batch-norm mode while scoring: eval or train (default: the method's)."),
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[
+    Optional[str], typer.Option("--dtype", help="Scoring precision: float32 or float64 (SynFlow default).")
+]

@@ -43,7 +43,7 @@ class RichProgress:
             TimeElapsedColumn(),
             console=stderr_console(),
             transient=True,
-            disable=quiet,
+            disable=quiet or not sys.stderr.isatty(),  # no bars in CI logs
         )
         self._task: Any = None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,6 +15,25 @@ def score(
     checkpoint: opt.Checkpoint,
     method: Annotated[str, typer.Option("--method", "-m", help="Scoring method (see `prunecli methods`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Scores file to write (.safetensors).")],
+    arch: opt.Arch = None,
+    arch_args: opt.ArchArgs = None,
+    data: opt.Data = None,
+    input_shape: opt.InputShape = None,
+    batch_size: opt.BatchSize = 128,
+    num_batches: opt.NumBatches = 1,
+    per_class: opt.PerClass = None,
+    inputs_key: opt.InputsKey = None,
+    labels_key: opt.LabelsKey = None,
+    loss: opt.Loss = None,
+    sparsity: Annotated[
+        Optional[float], typer.Option("--sparsity", "-s", help="Target of iterative methods (recorded).")
+    ] = None,
+    iterations: opt.Iterations = None,
+    schedule: opt.Schedule = "exp",
+    temperature: opt.Temperature = 200.0,
+    bn_mode: opt.BnMode = None,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = None,
     seed: opt.Seed = 0,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -27,19 +46,83 @@ def score(
 
       prunecli score init.safetensors --method magnitude -o scores.safetensors
 
-      prunecli score model.pt --method lamp --exclude 'fc3.*' -o lamp.safetensors
+      prunecli score init.safetensors -m snip --arch lenet-300-100 --data mnist.npz -o snip.safetensors
+
+      prunecli score init.safetensors -m synflow --arch lenet-5 --sparsity 0.99 -o synflow.safetensors
     """
-    from prunecli.checkpoints import open_checkpoint
-    from prunecli.prunable import prunable_names
-    from prunecli.scores_file import compute_scores
     from prunecli.scoring import get_method
 
     chosen = get_method(method)
-    with open_checkpoint(checkpoint) as ckpt:
-        for line in ckpt.notes:
-            note(line, quiet)
-        names = prunable_names(ckpt.tensors, tuple(include or ()), tuple(exclude or ()))
-        with RichProgress(quiet) as progress:
-            progress.stage(f"scoring ({chosen.name})", len(names))
-            compute_scores(ckpt, names, chosen, output, seed=seed, force=force, on_tensor=progress.advance)
-    note(f"wrote {output} ({len(names)} tensors, method {chosen.name})", quiet)
+    request = dict(
+        arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, batch_size=batch_size,
+        num_batches=num_batches, per_class=per_class, inputs_key=inputs_key, labels_key=labels_key, loss=loss,
+        sparsity=sparsity, iterations=iterations, schedule=schedule, temperature=temperature, bn_mode=bn_mode,
+        device=device, dtype=dtype, seed=seed, include=include, exclude=exclude,
+    )  # fmt: skip
+    with RichProgress(quiet) as progress:
+        count = compute(checkpoint, chosen, output, request, force, progress, quiet)
+    note(f"wrote {output} ({count} tensors, method {chosen.name})", quiet)
+
+
+def compute(checkpoint: Path, method: object, output: Path, options: dict, force: bool, progress: object,
+            quiet: bool) -> int:  # fmt: skip
+    """Score with a data-free per-tensor method or a model-based one; returns the tensor count."""
+    from prunecli.checkpoints import guard_output_file, open_checkpoint
+    from prunecli.prunable import prunable_names
+    from prunecli.scores_file import compute_scores, write_scores
+
+    guard_output_file(output, force)
+    include, exclude = tuple(options["include"] or ()), tuple(options["exclude"] or ())
+    if not method.needs_model:
+        with open_checkpoint(checkpoint) as ckpt:
+            for line in ckpt.notes:
+                note(line, quiet)
+            names = prunable_names(ckpt.tensors, include, exclude)
+            progress.stage(f"scoring ({method.name})", len(names))
+            compute_scores(
+                ckpt, names, method, output, seed=options["seed"], force=force, on_tensor=progress.advance
+            )
+        return len(names)
+    scores, metadata, notes = run_model_method(checkpoint, method, options, progress)
+    for line in notes:
+        note(line, quiet)
+    write_scores(output, scores, metadata, force)
+    return len(scores)
+
+
+def run_model_method(checkpoint: Path, method: object, options: dict, progress: object) -> tuple:
+    """Build the ScoreRequest from CLI options (validated here, once) and run it."""
+    from prunecli.data import parse_shape
+    from prunecli.errors import UsageError
+    from prunecli.models import parse_arch_args
+    from prunecli.saliency import ScoreRequest, run_method
+
+    if options["arch"] is None:
+        raise UsageError(f"{method.name} needs a model", "add --arch (e.g. --arch lenet-300-100)")
+    request = ScoreRequest(
+        checkpoint=checkpoint,
+        method=method,
+        arch=options["arch"],
+        arch_args=parse_arch_args(options["arch_args"]),
+        data=options["data"],
+        input_shape=parse_shape(options["input_shape"]) if options["input_shape"] else None,
+        batch_size=options["batch_size"],
+        num_batches=options["num_batches"],
+        per_class=options["per_class"],
+        inputs_key=options["inputs_key"],
+        labels_key=options["labels_key"],
+        loss=options["loss"],
+        density=None
+        if options["sparsity"] is None
+        else 1.0 - opt.fraction(options["sparsity"], "--sparsity"),
+        iterations=options["iterations"],
+        schedule=options["schedule"],
+        temperature=options["temperature"],
+        bn_mode=options["bn_mode"],
+        device=options["device"],
+        dtype=options["dtype"],
+        seed=options["seed"],
+        include=tuple(options["include"] or ()),
+        exclude=tuple(options["exclude"] or ()),
+    )
+    return run_method(request, progress)

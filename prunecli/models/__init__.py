@@ -1,5 +1,17 @@
-"""Architecture specs: the built-in zoo of the papers' networks (imports torch)."""
+"""Architecture specs: the built-in zoo, import paths and `.pt2` archives (imports torch).
 
-from prunecli.models.zoo import ZOO, build_model
+Only commands that need a live model import this package; `prunecli.cli` never does at module top.
+"""
 
-__all__ = ["ZOO", "build_model"]
+from prunecli.models.specs import default_input_shape, load_weights, parse_arch_args, resolve_model
+from prunecli.models.zoo import ZOO, build_model, input_shape
+
+__all__ = [
+    "ZOO",
+    "build_model",
+    "default_input_shape",
+    "input_shape",
+    "load_weights",
+    "parse_arch_args",
+    "resolve_model",
+]

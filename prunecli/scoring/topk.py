@@ -25,12 +25,6 @@ def ordered_keys(scores: torch.Tensor) -> torch.Tensor:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _digit(keys: torch.Tensor, shift: int, top: bool) -> torch.Tensor:
-    if top:  # the most significant digit is signed: shift it into [0, _BINS)
-        return (keys >> shift) + (_BINS // 2)
-    return (keys >> shift) & (_BINS - 1)
-
-
 def _bucket(hist: torch.Tensor, need: int) -> tuple[int, int]:
     """The bin b with count(> b) < need <= count(>= b), and count(> b)."""
     from_top = torch.cumsum(hist.flip(0), 0)
@@ -40,32 +34,34 @@ def _bucket(hist: torch.Tensor, need: int) -> tuple[int, int]:
 
 
 def topk_masks(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """Boolean keep masks holding exactly the k highest scores across all tensors."""
+    """Boolean keep masks holding exactly the k highest scores across all tensors.
+
+    One histogram pass over every key for the top 16 bits; the keys in the boundary bucket
+    are then gathered (usually few) and the remaining digits resolved on them alone.
+    """
     total = sum(s.numel() for s in scores)
     if k <= 0 or k >= total:
         return [torch.full_like(s, k > 0, dtype=torch.bool) for s in scores]
     keys = [ordered_keys(s) for s in scores]
-    width = 64 if scores[0].dtype == torch.float64 else 32
-    candidates = [torch.ones_like(key, dtype=torch.bool) for key in keys]
-    need, threshold = k, 0
-    for shift in range(width - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        top = shift == width - _DIGIT_BITS
-        hist = torch.zeros(_BINS, dtype=torch.int64, device=keys[0].device)
-        for key, cand in zip(keys, candidates, strict=True):
-            hist += torch.bincount(_digit(key[cand], shift, top), minlength=_BINS)
-        b, above = _bucket(hist, need)
+    shift = (64 if scores[0].dtype == torch.float64 else 32) - _DIGIT_BITS
+    hist = sum(torch.bincount((key >> shift) + _BINS // 2, minlength=_BINS) for key in keys)
+    b, above = _bucket(hist, k)
+    need, threshold = k - above, (b - _BINS // 2) << shift
+    candidates = torch.cat([key[(key >> shift) == b - _BINS // 2] for key in keys])
+    while shift > 0:
+        shift -= _DIGIT_BITS
+        digits = (candidates >> shift) & (_BINS - 1)
+        b, above = _bucket(torch.bincount(digits, minlength=_BINS), need)
         need -= above
-        digit_value = b - _BINS // 2 if top else b
-        threshold |= digit_value << shift
-        candidates = [
-            cand & (_digit(key, shift, top) == b) for key, cand in zip(keys, candidates, strict=True)
-        ]
-    # `need` entries equal to the threshold survive: the ones with the highest flat index
-    skip = sum(int(c.sum()) for c in candidates) - need
+        threshold |= b << shift
+        candidates = candidates[digits == b]
+    # `need` of the keys equal to the threshold survive: those with the highest flat index
+    skip = candidates.numel() - need
     masks = []
-    for key, tied, score in zip(keys, candidates, scores, strict=True):
-        rank = torch.cumsum(tied.to(torch.int64), 0)  # 1-based position among this tensor's ties
-        keep = (key > threshold) | (tied & (rank > skip))
-        skip = max(0, skip - int(tied.sum()))
+    for key, score in zip(keys, scores, strict=True):
+        keep = key > threshold
+        tied = torch.nonzero(key == threshold).flatten()  # few: the boundary value only
+        keep[tied[skip:]] = True
+        skip = max(0, skip - tied.numel())
         masks.append(keep.reshape(score.shape))
     return masks

@@ -1,0 +1,90 @@
+"""`prunecli prune`: `score` and `apply` in one run, with the same flags."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prunecli.cli import options as opt
+from prunecli.cli.apply_cmd import run_apply, selection_spec
+from prunecli.cli.output import RichProgress
+from prunecli.cli.score_cmd import compute
+
+
+def prune(
+    checkpoint: opt.Checkpoint,
+    method: Annotated[str, typer.Option("--method", "-m", help="Scoring method (see `prunecli methods`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")] = None,
+    density: Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")] = None,
+    scope: Annotated[Optional[str], typer.Option("--scope", help="global or layer.")] = None,
+    allocation: Annotated[
+        str, typer.Option("--allocation", help="uniform or erk (layer scope).")
+    ] = "uniform",
+    min_density: Annotated[
+        float, typer.Option("--min-density", help="Floor on every tensor's density.")
+    ] = 0.0,
+    pattern: Annotated[Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4.")] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Permute each layer's mask (sanity check).")
+    ] = False,
+    invert: Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")] = False,
+    arch: opt.Arch = None,
+    arch_args: opt.ArchArgs = None,
+    data: opt.Data = None,
+    input_shape: opt.InputShape = None,
+    batch_size: opt.BatchSize = 128,
+    num_batches: opt.NumBatches = 1,
+    per_class: opt.PerClass = None,
+    inputs_key: opt.InputsKey = None,
+    labels_key: opt.LabelsKey = None,
+    loss: opt.Loss = None,
+    iterations: opt.Iterations = None,
+    schedule: opt.Schedule = "exp",
+    temperature: opt.Temperature = 200.0,
+    bn_mode: opt.BnMode = None,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = None,
+    seed: opt.Seed = 0,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    force: opt.Force = False,
+    json_out: opt.Json = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Score and apply in one run: the scores live in a temporary file that is removed after.
+
+    Examples:
+
+      prunecli prune init.safetensors -m snip --arch lenet-300-100 --data mnist.npz --sparsity 0.95 -o out/
+
+      prunecli prune init.safetensors -m synflow --arch resnet20 --sparsity 0.98 -o out/
+    """
+    from prunecli.checkpoints import check_output_folder
+    from prunecli.scoring import get_method
+
+    chosen = get_method(method)
+    check_output_folder(output, force)
+    spec = selection_spec(
+        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude
+    )
+    target = spec.density
+    options = dict(
+        arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, batch_size=batch_size,
+        num_batches=num_batches, per_class=per_class, inputs_key=inputs_key, labels_key=labels_key, loss=loss,
+        sparsity=1.0 - target if chosen.iterative else None, iterations=iterations,
+        schedule=schedule, temperature=temperature, bn_mode=bn_mode, device=device, dtype=dtype, seed=seed,
+        include=include, exclude=exclude,
+    )  # fmt: skip
+    parent = output.absolute().parent
+    with tempfile.TemporaryDirectory(
+        prefix=".prunecli-scores-", dir=parent if parent.is_dir() else None
+    ) as tmp:
+        scores = Path(tmp) / "scores.safetensors"
+        with RichProgress(quiet) as progress:
+            compute(checkpoint, chosen, scores, options, False, progress, quiet)
+        run_apply(checkpoint, output, spec, scores=scores, seed=seed, force=force, json_out=json_out,
+                  quiet=quiet, scores_label=f"(computed by prune: {chosen.name})")  # fmt: skip

@@ -1,0 +1,146 @@
+"""End to end on real MNIST digits: the published layer pattern of SNIP on LeNet-300-100."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+MNIST = SHARED_DATA / "mnist" / "train.npz"
+pytestmark = pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data/mnist")
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prunecli.initialize import init_checkpoint
+
+    path = tmp_path_factory.mktemp("init") / "lenet.safetensors"
+    init_checkpoint("lenet-300-100", path, seed=0)
+    return path
+
+
+def densities(out: str) -> list[float]:
+    return [t["density"] for t in json.loads(out)["tensors"] if t["pruned"]]
+
+
+def test_snip_at_95_follows_the_published_layer_pattern(cli, init_ckpt: Path, tmp_path: Path) -> None:
+    r = cli(
+        "prune",
+        init_ckpt,
+        "-m",
+        "snip",
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        MNIST,
+        "--batch-size",
+        "100",
+        "--sparsity",
+        "0.95",
+        "-o",
+        tmp_path / "out",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    manifest = json.loads(r.out)
+    first, second, last = densities(r.out)
+    assert 0 < first < second < last  # every layer keeps weights; first sparsest, last densest
+    # Lee et al. 2019 report 3.3% / 16.8% / 56.2% kept; one batch of 100 digits lands close
+    assert first == pytest.approx(0.033, abs=0.01) and last == pytest.approx(0.56, abs=0.1)
+    assert manifest["method"]["params"]["loss"] == "ce" and manifest["method"]["data_fingerprint"]
+    assert manifest["source"]["arch"] == "lenet-300-100"
+
+
+def test_score_then_apply_equals_prune(cli, init_ckpt: Path, tmp_path: Path) -> None:
+    common = ["--arch", "lenet-300-100", "--data", MNIST, "--batch-size", "50", "--num-batches", "2"]
+    assert cli("score", init_ckpt, "-m", "snip", *common, "-o", tmp_path / "s.safetensors").code == 0
+    assert (
+        cli(
+            "apply", init_ckpt, "--scores", tmp_path / "s.safetensors", "-s", "0.9", "-o", tmp_path / "a"
+        ).code
+        == 0
+    )
+    assert cli("prune", init_ckpt, "-m", "snip", *common, "-s", "0.9", "-o", tmp_path / "p").code == 0
+    for name in ("model.safetensors", "masks.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "p" / name).read_bytes()
+
+
+@pytest.mark.parametrize("method", ["synflow", "force", "iter-snip"])
+def test_iterative_scores_reproduce_their_mask_in_apply(
+    cli, init_ckpt: Path, tmp_path: Path, method: str
+) -> None:
+    data = [] if method == "synflow" else ["--data", MNIST, "--batch-size", "64"]
+    r = cli(
+        "score",
+        init_ckpt,
+        "-m",
+        method,
+        "--arch",
+        "lenet-300-100",
+        *data,
+        "--iterations",
+        "5",
+        "--sparsity",
+        "0.98",
+        "-o",
+        tmp_path / "s.safetensors",
+    )
+    assert r.code == 0, r.err
+    r = cli(
+        "apply",
+        init_ckpt,
+        "--scores",
+        tmp_path / "s.safetensors",
+        "-s",
+        "0.98",
+        "-o",
+        tmp_path / "o",
+        "--json",
+    )
+    manifest = json.loads(r.out)
+    assert manifest["method"]["params"]["iterations"] == 5 and not manifest["warnings"]
+    assert all(d > 0 for d in densities(r.out))  # no layer collapses at 98%
+    r = cli("apply", init_ckpt, "--scores", tmp_path / "s.safetensors", "-s", "0.9", "-o", tmp_path / "x")
+    assert r.code == 0 and "computed for sparsity 0.98" in r.err
+
+
+def test_grasp_and_unsupervised_snip_run(cli, init_ckpt: Path, tmp_path: Path) -> None:
+    r = cli(
+        "prune",
+        init_ckpt,
+        "-m",
+        "grasp",
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        MNIST,
+        "--per-class",
+        "10",
+        "-s",
+        "0.95",
+        "-o",
+        tmp_path / "g",
+        "--json",
+    )
+    assert r.code == 0 and json.loads(r.out)["method"]["params"]["bn_mode"] == "train"
+    r = cli(
+        "prune",
+        init_ckpt,
+        "-m",
+        "snip",
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        MNIST,
+        "--labels-key",
+        "none",
+        "-s",
+        "0.95",
+        "-o",
+        tmp_path / "u",
+        "--json",
+    )
+    assert r.code == 2  # a labels key that is not in the file is an input error
