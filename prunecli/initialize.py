@@ -1,32 +1,45 @@
-"""Library side of `init`: build, initialise and save a zoo model."""
+"""Library side of `init`: build, initialise and save a model from its architecture spec."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from prunecli import __version__
 
 
-def init_checkpoint(arch: str, out: Path, *, scheme: str = "kaiming-normal", seed: int = 0,
-                    force: bool = False) -> int:  # fmt: skip
-    """Write the seeded initial weights of zoo model `arch` to `out`; returns the parameter count.
+def init_checkpoint(
+    arch: str,
+    out: Path,
+    *,
+    scheme: str = "kaiming-normal",
+    seed: int = 0,
+    force: bool = False,
+    arch_args: dict[str, Any] | None = None,
+) -> int:
+    """Write the seeded initial weights of model `arch` to `out`; returns the parameter count.
 
     Example:
         >>> init_checkpoint("lenet-300-100", Path("init.safetensors"), seed=0)
         266610
     """
     from prunecli.checkpoints import save_state_dict
+    from prunecli.models import default_input_shape, resolve_model
     from prunecli.models.init import initialize
-    from prunecli.models.zoo import build_model, input_shape
 
-    model = initialize(build_model(arch), scheme, seed)
+    model = initialize(resolve_model(arch, arch_args), scheme, seed)
+    shape = default_input_shape(arch, arch_args)
     metadata = {
         "format": "prunecli.init",
         "arch": arch,
         "init": scheme,
         "seed": str(seed),
-        "input_shape": "x".join(str(d) for d in input_shape(arch)),
         "prunecli_version": __version__,
     }
+    if shape:
+        metadata["input_shape"] = "x".join(str(d) for d in shape)
+    if arch_args:
+        metadata["arch_args"] = json.dumps(arch_args, sort_keys=True)
     save_state_dict(model.state_dict(), out, metadata, force=force)
     return sum(p.numel() for p in model.parameters())

@@ -12,8 +12,15 @@ from prunecli.cli.output import note
 
 
 def init(
-    arch: Annotated[str, typer.Option("--arch", help="lenet-300-100, lenet-5, vgg16 or resnet20.")],
+    arch: Annotated[
+        str,
+        typer.Option(
+            "--arch",
+            help="lenet-300-100, lenet-5, mlp, vgg11/16/19, resnet20/32/18/50, or module:factory.",
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.safetensors).")],
+    arch_args: opt.ArchArgs = None,
     init_scheme: Annotated[
         str,
         typer.Option("--init", help="kaiming-normal, xavier-normal, xavier-uniform or orthogonal."),
@@ -31,10 +38,15 @@ def init(
       prunecli init --arch lenet-300-100 --seed 0 -o init.safetensors
 
       prunecli init --arch resnet20 --init orthogonal -o resnet20.safetensors
+
+      prunecli init --arch vgg19 --arch-args '{"num_classes": 100}' -o vgg19-c100.safetensors
     """
     from prunecli.checkpoints import guard_output_file
     from prunecli.initialize import init_checkpoint
+    from prunecli.models import parse_arch_args
 
     guard_output_file(output, force)
-    count = init_checkpoint(arch, output, scheme=init_scheme, seed=seed, force=force)
+    count = init_checkpoint(
+        arch, output, scheme=init_scheme, seed=seed, force=force, arch_args=parse_arch_args(arch_args)
+    )
     note(f"wrote {output} ({arch}, {count:,} parameters, {init_scheme}, seed {seed})", quiet)
