@@ -339,10 +339,17 @@ def test_pt_input_to_safetensors_output(cli, tmp_path: Path) -> None:
     assert set(load_file(tmp_path / "o" / "model.safetensors")) == {"fc.weight", "fc.bias"}
 
 
-def test_demo_runs(cli, tmp_path: Path) -> None:
-    r = cli("demo", "--workdir", tmp_path)
-    assert r.code == 0 and "magnitude" in r.err and "random" in r.err
-    assert (tmp_path / "magnitude-90" / "manifest.json").is_file()
+def test_demo_compares_three_methods_on_builtin_digits(cli, tmp_path: Path) -> None:
+    r = cli("demo", "--workdir", tmp_path, "--epochs", "1", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert set(report["methods"]) == {"snip", "magnitude", "random"} and report["arch"] == "lenet-5"
+    for result in report["methods"].values():
+        assert 0.1 < result["accuracy"] <= 1.0  # trained: better than chance on 10 classes
+        assert len(result["densities"]) == 4
+    assert (tmp_path / "snip-95" / "manifest.json").is_file()
+    snip = report["methods"]["snip"]["densities"]
+    assert snip["conv1.weight"] > snip["fc1.weight"]  # SNIP keeps the small first layer dense
 
 
 def test_lamp_refuses_nan_weights(cli, tmp_path: Path) -> None:
