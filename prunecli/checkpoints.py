@@ -200,7 +200,7 @@ def raw_to_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
     """Inverse of `torch_to_raw`: a torch tensor with the same bytes."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(raw).copy())
+    t = torch.from_numpy(np.array(raw, copy=True, order="C"))  # keeps 0-d shapes, unlike ascontiguousarray
     if dtype == "BF16":
         return t.view(torch.bfloat16)
     if dtype == "F8_E4M3":

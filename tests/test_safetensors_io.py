@@ -141,3 +141,10 @@ def test_unfinished_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="never written"), SafetensorsWriter(path, [("w", "F32", (2,))]):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scalar_tensors_keep_their_shape(tmp_path: Path) -> None:
+    tensors = {"bn.num_batches_tracked": torch.tensor(7), "w": torch.ones(2)}
+    save_state_dict(tensors, tmp_path / "x.safetensors", {})
+    loaded = load_state_dict(tmp_path / "x.safetensors")
+    assert loaded["bn.num_batches_tracked"].shape == () and loaded["bn.num_batches_tracked"].item() == 7

@@ -144,3 +144,33 @@ def test_grasp_and_unsupervised_snip_run(cli, init_ckpt: Path, tmp_path: Path) -
         "--json",
     )
     assert r.code == 2  # a labels key that is not in the file is an input error
+
+
+def test_synflow_on_a_batch_norm_resnet(cli, tmp_path: Path) -> None:
+    init = tmp_path / "r20.safetensors"
+    assert cli("init", "--arch", "resnet20", "-o", init).code == 0
+    r = cli(
+        "prune",
+        init,
+        "-m",
+        "synflow",
+        "--arch",
+        "resnet20",
+        "--iterations",
+        "3",
+        "-s",
+        "0.98",
+        "-o",
+        tmp_path / "out",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    manifest = json.loads(r.out)
+    assert (
+        manifest["method"]["params"]["dtype"] == "float64"
+        and manifest["method"]["params"]["bn_mode"] == "eval"
+    )
+    kept = {t["name"]: t["kept"] for t in manifest["tensors"] if t["pruned"]}
+    # the main path survives; SynFlow may empty a 1×1 shortcut (a parallel path), and says so
+    assert all(v > 0 for n, v in kept.items() if "shortcut" not in n)
+    assert {w["tensor"] for w in manifest["warnings"]} == {n for n, v in kept.items() if v == 0}

@@ -48,3 +48,15 @@ def test_float64_matches_stable_sort_with_negatives() -> None:
     expected[order[values.size - k :]] = True
     got = torch.cat([m for m in topk_masks([torch.tensor(values[:2500]), torch.tensor(values[2500:])], k)])
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_threshold_agrees_with_radix(dtype: torch.dtype) -> None:
+    from prunecli.scoring.topk import _cuda_threshold, _radix_threshold, ordered_keys
+
+    g = torch.Generator().manual_seed(1)
+    parts = [(torch.randint(-20, 20, (n,), generator=g) / 3).to(dtype) for n in (700, 1300)]
+    keys = [ordered_keys(p) for p in parts]
+    width = 64 if dtype == torch.float64 else 32
+    for k in (1, 5, 999, 1000, 1001, 1999):  # both sides of n/2 take different topk calls
+        assert _cuda_threshold(keys, k) == _radix_threshold(keys, k, width)

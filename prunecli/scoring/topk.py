@@ -1,4 +1,4 @@
-"""Exact global top-k over many tensors on any device: a radix select with torch.bincount.
+"""Exact global top-k over many tensors on any device.
 
 The per-step selection of iterative methods (SynFlow, FORCE, Iter-SNIP) runs here, on the
 scores' own device, so no step pays for a full sort or a trip to the CPU. The rule is the
@@ -33,17 +33,10 @@ def _bucket(hist: torch.Tensor, need: int) -> tuple[int, int]:
     return b, int(from_top[i] - hist[b])
 
 
-def topk_masks(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """Boolean keep masks holding exactly the k highest scores across all tensors.
-
-    One histogram pass over every key for the top 16 bits; the keys in the boundary bucket
-    are then gathered (usually few) and the remaining digits resolved on them alone.
-    """
-    total = sum(s.numel() for s in scores)
-    if k <= 0 or k >= total:
-        return [torch.full_like(s, k > 0, dtype=torch.bool) for s in scores]
-    keys = [ordered_keys(s) for s in scores]
-    shift = (64 if scores[0].dtype == torch.float64 else 32) - _DIGIT_BITS
+def _radix_threshold(keys: list[torch.Tensor], k: int, width: int) -> int:
+    """The k-th largest key: a 16-bit histogram of the top digit over every key, then the
+    keys of the boundary bucket (usually few) resolved digit by digit."""
+    shift = width - _DIGIT_BITS
     hist = sum(torch.bincount((key >> shift) + _BINS // 2, minlength=_BINS) for key in keys)
     b, above = _bucket(hist, k)
     need, threshold = k - above, (b - _BINS // 2) << shift
@@ -55,8 +48,37 @@ def topk_masks(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
         need -= above
         threshold |= b << shift
         candidates = candidates[digits == b]
-    # `need` of the keys equal to the threshold survive: those with the highest flat index
-    skip = candidates.numel() - need
+    return threshold
+
+
+def _cuda_threshold(keys: list[torch.Tensor], k: int) -> int:
+    """The k-th largest key via torch.topk on the smaller side (CUDA's topk is a fast radix
+    select); only the value is used, so its tie order does not matter."""
+    flat = torch.cat(keys)
+    n = flat.numel()
+    if k <= n - k + 1:
+        return int(torch.topk(flat, k, sorted=False).values.min())
+    return int(torch.topk(flat, n - k + 1, largest=False, sorted=False).values.max())
+
+
+def topk_masks(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Boolean keep masks holding exactly the k highest scores across all tensors.
+
+    The k-th largest value is found by a radix select (CPU) or torch.topk (CUDA); then
+    everything above it is kept, and of the entries equal to it, those with the highest
+    flat index, so the result is the same on every device.
+    """
+    total = sum(s.numel() for s in scores)
+    if k <= 0 or k >= total:
+        return [torch.full_like(s, k > 0, dtype=torch.bool) for s in scores]
+    keys = [ordered_keys(s) for s in scores]
+    if keys[0].is_cuda:
+        threshold = _cuda_threshold(keys, k)
+    else:
+        threshold = _radix_threshold(keys, k, 64 if scores[0].dtype == torch.float64 else 32)
+    above = sum(int((key > threshold).sum()) for key in keys)
+    tied_total = sum(int((key == threshold).sum()) for key in keys)
+    skip = tied_total - (k - above)  # tied entries to prune, lowest flat index first
     masks = []
     for key, score in zip(keys, scores, strict=True):
         keep = key > threshold
