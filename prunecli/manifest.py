@@ -28,6 +28,14 @@ _TENSOR = {
         "kept": {"type": "integer", "minimum": 0},
         "density": {"type": "number", "minimum": 0, "maximum": 1},
         "pruned": {"type": "boolean"},
+        "groups": {
+            "type": "object",
+            "required": ["kept", "total"],
+            "properties": {
+                "kept": {"type": "integer", "minimum": 0},
+                "total": {"type": "integer", "minimum": 0},
+            },
+        },
     },
 }
 _WARNING = {
@@ -81,11 +89,12 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "sparsity": {"type": "number", "minimum": 0, "maximum": 1},
                 "density": {"type": "number", "minimum": 0, "maximum": 1},
-                "scope": {"enum": ["global", "layer"]},
+                "scope": {"enum": ["global", "layer", "row"]},
                 "allocation": {"enum": ["uniform", "erk"]},
                 "min_density": {"type": "number", "minimum": 0, "maximum": 1},
                 "pattern": {"type": ["string", "null"]},
-                "structure": {"type": ["string", "null"]},
+                "structure": {"enum": ["filter", "channel", None]},
+                "aggregate": {"enum": ["l1", "l2", "mean", "max", None]},
                 "shuffle": {"type": "boolean"},
                 "invert": {"type": "boolean"},
                 "include": {"type": "array", "items": {"type": "string"}},

@@ -33,11 +33,13 @@ from prunecli.selection import (
     floor_count,
     keep_count,
     nm_mask,
+    row_mask,
     scores_to_keys,
     shuffle_mask,
     threshold_mask,
     topk_mask,
 )
+from prunecli.structured import AGGREGATES, STRUCTURES, expand, group_scores, select_groups
 
 MODEL_FILE = "model.safetensors"
 MASKS_FILE = "masks.safetensors"
@@ -69,6 +71,8 @@ class SelectionSpec:
     allocation: str = "uniform"
     min_density: float = 0.0
     pattern: tuple[int, int] | None = None
+    structure: str | None = None
+    aggregate: str = "l1"
     shuffle: bool = False
     invert: bool = False
     include: tuple[str, ...] = ()
@@ -81,8 +85,16 @@ class SelectionSpec:
             )
         if not 0.0 <= self.min_density <= 1.0:
             raise UsageError(f"--min-density {self.min_density} is outside [0, 1]", "use a fraction")
-        if self.scope not in ("global", "layer"):
-            raise UsageError(f"unknown --scope {self.scope!r}", "use global or layer")
+        if self.scope not in ("global", "layer", "row"):
+            raise UsageError(f"unknown --scope {self.scope!r}", "use global, layer or row")
+        if self.structure is not None and self.structure not in STRUCTURES:
+            raise UsageError(f"unknown --structure {self.structure!r}", "use filter or channel")
+        if self.aggregate not in AGGREGATES:
+            raise UsageError(f"unknown --aggregate {self.aggregate!r}", f"use one of {', '.join(AGGREGATES)}")
+        if self.structure and (self.pattern or self.scope == "row"):
+            raise UsageError("--structure keeps whole filters or channels", "drop --pattern / --scope row")
+        if self.scope == "row" and self.allocation == "erk":
+            raise UsageError("--scope row keeps the same fraction of every row", "drop --allocation erk")
         if self.allocation not in ("uniform", "erk"):
             raise UsageError(f"unknown --allocation {self.allocation!r}", "use uniform or erk")
         if self.allocation == "erk" and self.scope == "global":
@@ -98,7 +110,8 @@ class SelectionSpec:
             "allocation": self.allocation,
             "min_density": self.min_density,
             "pattern": f"{self.pattern[0]}:{self.pattern[1]}" if self.pattern else None,
-            "structure": None,
+            "structure": self.structure,
+            "aggregate": self.aggregate if self.structure else None,
             "shuffle": self.shuffle,
             "invert": self.invert,
             "include": list(self.include),
@@ -119,22 +132,24 @@ class KeySource:
         seed: int = 0,
         invert: bool = False,
     ) -> None:
-        self.ckpt, self.method, self.scores, self.seed, self.invert = ckpt, method, scores, seed, invert
+        self.ckpt, self.method, self.scores_file, self.seed, self.invert = ckpt, method, scores, seed, invert
         largest = max((ckpt.tensors[n].numel for n in names), default=0)
         self._scores_buf = np.empty(largest, dtype=np.float32)
         self._raw_buf = np.empty(max((ckpt.tensors[n].nbytes for n in names), default=0), np.uint8)
 
-    def keys(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
-        """Keys of `name` (valid until the next call); `raw` saves a read when at hand."""
+    def scores(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
+        """Float32 scores of `name` (valid until the next call); `raw` saves a read when at hand."""
         info = self.ckpt.tensors[name]
         out = self._scores_buf[: info.numel].reshape(info.shape)
-        if self.scores is not None:
-            scores = self.scores.read(name, self._scores_buf.view(np.uint8))
-        else:
-            if raw is None:
-                raw = self.ckpt.read(name, self._raw_buf)
-            scores = self.method.scorer(name, finite_weights(raw, info.dtype, name), self.seed, out)
-        return scores_to_keys(scores, name, self.invert)
+        if self.scores_file is not None:
+            return self.scores_file.read(name, self._scores_buf.view(np.uint8))
+        if raw is None:
+            raw = self.ckpt.read(name, self._raw_buf)
+        return self.method.scorer(name, finite_weights(raw, info.dtype, name), self.seed, out)
+
+    def keys(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
+        """Selection keys of `name` (computed in place of its scores)."""
+        return scores_to_keys(self.scores(name, raw), name, self.invert)
 
 
 @dataclass
@@ -144,6 +159,7 @@ class MaskPlan:
     spec: SelectionSpec
     counts: dict[str, int]  # layer scope: exact keep count; global scope: floor
     threshold: Threshold | None = None  # global scope: over the keys left after floors
+    groups: dict[str, np.ndarray] | None = None  # structured: keep mask over filters/channels
     _skip_left: int = field(default=0, init=False)  # tied entries still to prune, in flat order
 
     def start(self) -> None:
@@ -161,6 +177,10 @@ class MaskPlan:
         """The keep mask of `name`; call in flat order, since ties are resolved in that order."""
         if self.spec.pattern:
             return nm_mask(keys, *self.spec.pattern, name)
+        if self.groups is not None:
+            return expand(self.groups[name], keys.shape, self.spec.structure)
+        if self.spec.scope == "row":
+            return row_mask(keys, self.spec.density)
         if self.threshold is None:
             return topk_mask(keys, self.counts[name])
         free_keys, reserved = self.residual(name, keys)
@@ -175,7 +195,9 @@ class MaskPlan:
 def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress) -> MaskPlan:
     """Decide per-tensor counts, and for global scope run the streamed radix select."""
     infos = [source.ckpt.tensors[n] for n in names]
-    if spec.pattern or spec.scope == "layer":
+    if spec.structure:
+        return _plan_groups(source, names, spec, progress)
+    if spec.pattern or spec.scope in ("layer", "row"):
         densities = [spec.density] * len(names)
         if spec.allocation == "erk" and not spec.pattern:
             densities = erk_densities([i.shape for i in infos], spec.density)
@@ -203,8 +225,28 @@ def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progres
     return plan
 
 
-def _tensor_record(name: str, info: Any, kept: int, pruned: bool) -> dict[str, Any]:
-    return {
+def _plan_groups(source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress) -> MaskPlan:
+    """Aggregate each tensor's scores per filter/channel, then select whole groups."""
+    progress.stage(f"scoring {spec.structure}s ({spec.aggregate})", len(names))
+    aggregates = {}
+    for name in names:
+        scores = source.scores(name)
+        aggregates[name] = group_scores(-scores if spec.invert else scores, spec.structure, spec.aggregate)
+        progress.advance()
+    densities = None
+    if spec.scope == "layer":
+        shapes = [source.ckpt.tensors[n].shape for n in names]
+        values = (
+            erk_densities(shapes, spec.density) if spec.allocation == "erk" else [spec.density] * len(names)
+        )
+        densities = {n: max(d, spec.min_density) for n, d in zip(names, values, strict=True)}
+    return MaskPlan(spec, {}, groups=select_groups(aggregates, densities, spec.density))
+
+
+def _tensor_record(
+    name: str, info: Any, kept: int, pruned: bool, channels: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    record = {
         "name": name,
         "shape": list(info.shape),
         "dtype": info.dtype,
@@ -213,6 +255,9 @@ def _tensor_record(name: str, info: Any, kept: int, pruned: bool) -> dict[str, A
         "density": kept / info.numel if info.numel else 1.0,
         "pruned": pruned,
     }
+    if channels is not None:
+        record["groups"] = {"kept": channels[0], "total": channels[1]}
+    return record
 
 
 def write_pruned(
@@ -243,7 +288,9 @@ def write_pruned(
                 kept = int(np.count_nonzero(mask))
                 masks_out.write(name, np.packbits(mask.reshape(-1)))
             model_out.write(name, raw)
-            records.append(_tensor_record(name, info, kept, name in chosen))
+            groups = plan.groups.get(name) if plan.groups is not None else None
+            counts = None if groups is None else (int(groups.sum()), groups.size)
+            records.append(_tensor_record(name, info, kept, name in chosen, counts))
             progress.advance()
     return records
 

@@ -148,6 +148,20 @@ def nm_mask(keys: np.ndarray, n: int, m: int, name: str) -> np.ndarray:
     return mask.reshape(keys.shape)
 
 
+def row_mask(keys: np.ndarray, density: float) -> np.ndarray:
+    """Keep round(cols·d) of each output row (the tensor viewed as (out, in·kh·kw)).
+
+    Wanda's comparison group: every row keeps the same fraction. Ties by index, as elsewhere.
+    """
+    flat = keys.reshape(keys.shape[0], -1)  # (out, cols)
+    cols = flat.shape[1]
+    k = keep_count(cols, density)
+    order = np.argsort(flat, axis=1, kind="stable")  # ascending key, ties by index
+    mask = np.zeros(flat.shape, dtype=bool)
+    np.put_along_axis(mask, order[:, cols - k :], True, axis=1)
+    return mask.reshape(keys.shape)
+
+
 def erk_densities(shapes: list[tuple[int, ...]], density: float, power: float = 1.0) -> list[float]:
     """Erdős–Rényi-Kernel per-layer densities (Evci et al. 2020) for a target density.
 

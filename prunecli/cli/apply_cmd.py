@@ -27,7 +27,8 @@ def apply(
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")] = None,
     density: Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")] = None,
     scope: Annotated[
-        Optional[str], typer.Option("--scope", help="global (one ranking) or layer (per tensor).")
+        Optional[str],
+        typer.Option("--scope", help="global (one ranking), layer (per tensor) or row (per output row)."),
     ] = None,
     allocation: Annotated[
         str, typer.Option("--allocation", help="Per-layer densities: uniform or erk (layer scope).")
@@ -38,6 +39,15 @@ def apply(
     pattern: Annotated[
         Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4 (implies the sparsity).")
     ] = None,
+    structure: Annotated[
+        Optional[str],
+        typer.Option(
+            "--structure", help="Keep whole filters (output channels) or channels (input channels)."
+        ),
+    ] = None,
+    aggregate: Annotated[
+        str, typer.Option("--aggregate", help="Group score for --structure: l1, l2, mean or max.")
+    ] = "l1",
     shuffle: Annotated[
         bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity ablation).")
     ] = False,
@@ -58,12 +68,15 @@ def apply(
       prunecli apply model.pt --scores snip.safetensors --sparsity 0.95 --scope layer -o out/
 
       prunecli apply model.safetensors --method magnitude --pattern 2:4 -o out24/
+
+      prunecli apply model.safetensors --scores snip.safetensors -s 0.5 --structure filter -o filters/
     """
     if (scores is None) == (method is None):
         raise UsageError("give exactly one of --scores and --method", "e.g. --method magnitude")
     spec = selection_spec(
-        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude
-    )
+        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude,
+        structure=structure, aggregate=aggregate,
+    )  # fmt: skip
     run_apply(checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
               json_out=json_out, quiet=quiet)  # fmt: skip
 
@@ -79,6 +92,8 @@ def selection_spec(
     invert: bool,
     include: list[str] | None,
     exclude: list[str] | None,
+    structure: str | None = None,
+    aggregate: str = "l1",
 ) -> SelectionSpec:
     """Validate the selection options once, at the edge, into a SelectionSpec."""
     from prunecli.pruning import SelectionSpec
@@ -95,6 +110,8 @@ def selection_spec(
         allocation=allocation,
         min_density=opt.fraction(min_density, "--min-density"),
         pattern=nm,
+        structure=structure,
+        aggregate=aggregate,
         shuffle=shuffle,
         invert=invert,
         include=tuple(include or ()),

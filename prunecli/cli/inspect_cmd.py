@@ -21,30 +21,39 @@ def _bar(density: float) -> str:
     return "█" * filled + "·" * (BAR_WIDTH - filled)
 
 
+def _cells(t: dict[str, Any], with_groups: bool) -> list[str]:
+    cells = [t["name"], "×".join(str(d) for d in t["shape"]) or "scalar", f"{t['numel']:,}", f"{t['kept']:,}"]
+    if with_groups:
+        cells.append(f"{t['groups']['kept']}/{t['groups']['total']}" if "groups" in t else "")
+    return [*cells, f"{t['density']:.4f}", _bar(t["density"])]
+
+
 def render(summary: dict[str, Any], console: Console, show_all: bool = False) -> None:
     """Draw the density table, the totals and any collapsed layers."""
     table = Table(title=f"{summary['path']} ({summary['kind']})", title_justify="left")
     totals = summary["totals"]
-    rows = [
-        (t["name"], "×".join(str(d) for d in t["shape"]) or "scalar", f"{t['numel']:,}", f"{t['kept']:,}",
-         f"{t['density']:.4f}", _bar(t["density"]), t["pruned"] and t["kept"] == 0 and t["numel"] > 0)
-        for t in summary["tensors"]
-        if t["pruned"] or show_all
-    ]  # fmt: skip
-    total_row = ("total (prunable)", "", f"{totals['prunable']:,}", f"{totals['kept']:,}",
-                 f"{1 - totals['sparsity']:.4f}", _bar(1 - totals["sparsity"]), False)  # fmt: skip
-    headers = [("tensor", "left"), ("shape", "left"), ("params", "right"), ("kept", "right"),
-               ("density", "right"), ("", "left")]  # fmt: skip
+    shown = [t for t in summary["tensors"] if t["pruned"] or show_all]
+    with_groups = any("groups" in t for t in shown)
+    headers = [("tensor", "left"), ("shape", "left"), ("params", "right"), ("kept", "right")]
+    headers += [("groups", "right")] if with_groups else []
+    headers += [("density", "right"), ("", "left")]
+    rows = [_cells(t, with_groups) for t in shown]
+    total_row = ["total (prunable)", "", f"{totals['prunable']:,}", f"{totals['kept']:,}"]
+    total_row += [""] if with_groups else []
+    total_row += [f"{1 - totals['sparsity']:.4f}", _bar(1 - totals["sparsity"])]
+    widths = [max(len(h), *(len(r[i]) for r in [*rows, total_row])) for i, (h, _) in enumerate(headers)]
+    widths[0] = min(widths[0], 28)  # long names fold; numbers are never cut
+    if sum(widths) + 3 * len(widths) + 1 > console.width:  # no room: drop the bar, not the figures
+        headers, widths = headers[:-1], widths[:-1]
+        rows, total_row = [r[:-1] for r in rows], total_row[:-1]
     for i, (header, justify) in enumerate(headers):
-        if i == 0:  # only the names may wrap; numbers are never cut
-            table.add_column(header, justify=justify, overflow="fold")
-        else:
-            width = max(len(header), *(len(r[i]) for r in [*rows, total_row]))
-            table.add_column(header, justify=justify, no_wrap=True, min_width=width)
-    for *cells, collapsed in rows:
+        table.add_column(header, justify=justify, overflow="fold" if i == 0 else "ellipsis",
+                         no_wrap=i > 0, min_width=widths[i])  # fmt: skip
+    for t, cells in zip(shown, rows, strict=True):
+        collapsed = t["pruned"] and t["kept"] == 0 and t["numel"] > 0
         table.add_row(*cells, style="red" if collapsed else None)
     table.add_section()
-    table.add_row(*total_row[:-1])
+    table.add_row(*total_row)
     console.print(table)
     console.print(f"sparsity {totals['sparsity']:.4f} over {totals['prunable']:,} prunable parameters "
                   f"({totals.get('params', totals['prunable']):,} in all)")  # fmt: skip

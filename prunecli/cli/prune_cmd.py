@@ -20,7 +20,7 @@ def prune(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")] = None,
     density: Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")] = None,
-    scope: Annotated[Optional[str], typer.Option("--scope", help="global or layer.")] = None,
+    scope: Annotated[Optional[str], typer.Option("--scope", help="global, layer or row.")] = None,
     allocation: Annotated[
         str, typer.Option("--allocation", help="uniform or erk (layer scope).")
     ] = "uniform",
@@ -28,6 +28,10 @@ def prune(
         float, typer.Option("--min-density", help="Floor on every tensor's density.")
     ] = 0.0,
     pattern: Annotated[Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4.")] = None,
+    structure: Annotated[
+        Optional[str], typer.Option("--structure", help="Keep whole filters or channels.")
+    ] = None,
+    aggregate: Annotated[str, typer.Option("--aggregate", help="l1, l2, mean or max (--structure).")] = "l1",
     shuffle: Annotated[
         bool, typer.Option("--shuffle", help="Permute each layer's mask (sanity check).")
     ] = False,
@@ -69,8 +73,9 @@ def prune(
     chosen = get_method(method)
     check_output_folder(output, force)
     spec = selection_spec(
-        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude
-    )
+        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude,
+        structure=structure, aggregate=aggregate,
+    )  # fmt: skip
     target = spec.density
     options = dict(
         arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, batch_size=batch_size,
