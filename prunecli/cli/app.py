@@ -10,6 +10,7 @@ import typer
 
 from prunecli import __version__
 from prunecli.cli.apply_cmd import apply
+from prunecli.cli.compare_cmd import compare
 from prunecli.cli.demo_cmd import demo
 from prunecli.cli.init_cmd import init
 from prunecli.cli.inspect_cmd import inspect
@@ -26,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, score, apply, prune, inspect, methods, demo):
+for command in (init, score, apply, prune, inspect, compare, methods, demo):
     app.command(command.__name__)(command)
 
 
