@@ -71,7 +71,7 @@ class ScoreError(PruneError):
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_CHECK_FAILED: "a check failed (inspect --expect-sparsity / --fail-on-collapse)",
+    EXIT_CHECK_FAILED: "a check failed (inspect --expect-sparsity / --fail-on-collapse, export --verify)",
     EXIT_BAD_INPUT: "bad usage or bad input (missing, corrupt or inconsistent files, bad options)",
     EXIT_RUNTIME: "runtime failure (NaN or infinite scores, out of memory, internal error)",
 }

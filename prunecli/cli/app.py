@@ -12,6 +12,7 @@ from prunecli import __version__
 from prunecli.cli.apply_cmd import apply
 from prunecli.cli.compare_cmd import compare
 from prunecli.cli.demo_cmd import demo
+from prunecli.cli.export_cmd import export
 from prunecli.cli.init_cmd import init
 from prunecli.cli.inspect_cmd import inspect
 from prunecli.cli.methods_cmd import methods
@@ -27,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, score, apply, prune, inspect, compare, methods, demo):
+for command in (init, score, apply, prune, inspect, compare, export, methods, demo):
     app.command(command.__name__)(command)
 
 

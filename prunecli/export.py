@@ -1,0 +1,595 @@
+"""Sparse ONNX export of a pruned checkpoint, checked by onnxruntime against torch.
+
+`export_onnx` builds the model (`--arch`), loads the weights, exports one self-contained `.onnx`
+file and stores every initializer whose density is below a threshold as an ONNX
+`sparse_initializer` (COO: the nonzero values and their int64 flat indices), the rest dense.
+onnxruntime expands sparse initializers to dense tensors when it loads the file, so inference
+speed is unchanged: the gain is the file size (about 12 bytes per kept fp32 weight instead of 4
+per weight, so it pays below density 1/3; 10 vs 2 bytes for fp16, below 1/5).
+
+Exporter: the TorchScript exporter, `torch.onnx.export(..., dynamo=False)`. torch 2.13 marks it
+deprecated, but it is the one that works reliably here: the default `dynamo=True` needs the
+`onnxscript` package (not a dependency), takes ≈3 s for VGG-16 against ≈0.6 s, and writes the
+weights to a separate `.onnx.data` file. The TorchScript exporter returns one in-memory model
+(under protobuf's 2 GiB limit, checked up front). It runs with `TrainingMode.PRESERVE` on a model
+in eval mode and without constant folding, so batch norm is not folded into the convolutions:
+every initializer is the checkpoint's own tensor, bit for bit, under its parameter name (the
+exporter merges tensors with equal values into one initializer and names the others through
+`Identity` nodes, reported as `aliases`). onnxruntime folds batch norm itself when it loads the
+file. When torch removes this exporter, `export_onnx` fails with a clear error naming it.
+
+The file's IR version is the lowest of the exporter's, onnx's and the installed onnxruntime's
+highest (asked by loading a one-node probe model), so the runtime that verified the file loads it.
+`onnx.checker.check_model` (default mode) passes; its `full_check=True` and strict shape inference
+reject sparse initializers by design.
+
+onnx and onnxruntime are imported inside functions only: `pip install 'prunecli[onnx]'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from prunecli import __version__
+from prunecli.errors import InputError, PruneError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+DTYPES = ("float32", "float16")
+TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2)}  # default (atol, rtol) per dtype
+OPSETS = (7, 20)  # what the TorchScript exporter writes
+INDEX_BYTES = 8  # int64 COO indices: the default onnx.checker requires int64
+PROTO_LIMIT = 2**31 - 1  # protobuf's limit on one serialized message
+EXTRA_HINT = "install the extra: pip install 'prunecli[onnx]'"
+_SHAPE_HINT = "give one example's shape without the batch dimension, e.g. --input-shape 3x32x32"
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything `export_onnx` needs; numbers are validated once, in `validate`.
+
+    `source` is an `apply` output folder (its `model.safetensors` and `manifest.json`), a
+    `manifest.json`, or any checkpoint. The input shape is one example's shape without the batch
+    dimension: `input_shape`, else the shape of `data` (`prunecli.data.load_calibration` source),
+    else the architecture's default. `atol`/`rtol` default to 1e-4/1e-3 (float32), 1e-2/1e-2 (float16).
+    """
+
+    source: Path
+    output: Path
+    arch: str
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
+    data: str | None = None
+    static_batch: int | None = None  # None: the batch dimension is dynamic
+    opset: int | None = None  # None: the exporter's default
+    dtype: str = "float32"
+    sparse_threshold: float = 0.3  # density below which a tensor is stored sparse; 0: all dense
+    verify: bool = False
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+    force: bool = False
+
+    def validate(self) -> None:
+        if not 0.0 <= self.sparse_threshold <= 1.0:
+            raise UsageError(
+                f"--sparse-threshold {self.sparse_threshold} is outside [0, 1]",
+                "give a density, e.g. 0.3; 0 stores every tensor dense",
+            )
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown --dtype {self.dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise UsageError(f"--static-batch {self.static_batch} is not a positive integer", "e.g. 1")
+        if self.opset is not None and not OPSETS[0] <= self.opset <= OPSETS[1]:
+            raise UsageError(f"--opset {self.opset} is not supported", f"choose {OPSETS[0]} to {OPSETS[1]}")
+        for flag, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if value is not None and not value >= 0:
+                raise UsageError(f"{flag} {value} is negative", "give a tolerance >= 0, e.g. 1e-4")
+        if self.input_shape is not None and self.data is not None:
+            raise UsageError("--input-shape and --data were both given", "give only one of them")
+
+    def tolerances(self) -> tuple[float, float]:
+        atol, rtol = TOLERANCES[self.dtype]
+        return (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One initializer of the written file: how many nonzeros it has and how it is stored."""
+
+    name: str
+    shape: list[int]
+    dtype: str  # ONNX element type, e.g. FLOAT
+    numel: int
+    nonzeros: int
+    density: float
+    stored: str  # "sparse" or "dense"
+    bytes: int  # payload bytes as stored (values, plus int64 indices when sparse)
+    aliases: list[str]  # other tensor names that share this initializer (through Identity nodes)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """onnxruntime against torch on one seeded batch: passed when |ort − torch| <= atol + rtol·|torch|."""
+
+    passed: bool
+    batch: int
+    max_abs_error: float | None  # None when an output is NaN on one side only
+    max_rel_error: float | None  # max |ort − torch| / |torch| over the nonzero torch outputs
+    mismatched: int  # values outside the tolerance
+    values: int
+    atol: float
+    rtol: float
+    runtime: str  # "onnxruntime X.Y.Z"
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What `export_onnx` wrote: sizes, per-tensor storage, metadata, and the verification."""
+
+    output: str
+    source: str
+    weights: str
+    arch: str
+    input_shape: list[int]
+    batch: int | str  # the static batch size, or "dynamic"
+    dtype: str
+    opset: int
+    ir_version: int
+    sparse_threshold: float
+    dense_bytes: int  # the same model with every initializer dense
+    sparse_bytes: int  # the file written
+    ratio: float  # dense_bytes / sparse_bytes
+    seconds: float
+    tensors: list[TensorRecord]
+    metadata: dict[str, str]
+    verification: Verification | None
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_onnx(request: ExportRequest) -> ExportReport:
+    """Export a checkpoint to one sparse ONNX file, optionally verified by onnxruntime.
+
+    Args:
+        request: the source, output and options (see `ExportRequest`).
+
+    Returns:
+        The report. A failed verification does not raise: the file is written and
+        `report.verification.passed` is False (`prunecli export` then exits 1).
+
+    Raises:
+        UsageError: bad options, or onnx/onnxruntime not installed.
+        InputError: a missing or unreadable source, an architecture that does not match the
+            weights, an input shape the model rejects, an existing output without `force`,
+            or an output that cannot be written. Nothing is written then.
+
+    Example:
+        >>> report = export_onnx(ExportRequest(Path("out"), Path("m.onnx"), "vgg16", verify=True))
+        >>> round(report.ratio, 2), report.verification.passed  # VGG-16 pruned to 90% by magnitude
+        (3.41, True)
+    """
+    start = time.perf_counter()
+    request.validate()
+    onnx, ort = require_onnx()
+    _check_output(request.output, request.force)
+    weights, manifest = resolve_source(request.source)
+    model, weights_sha256, notes = _load_model(request, weights)
+    shape = _input_shape(request)
+    x = _seeded_batch(request.seed, request.static_batch or 2, shape, request.dtype)
+    reference = _forward(model, x, request.arch, shape)
+    proto, export_notes = _torch_export(model, x, len(reference), request.static_batch is None, request.opset)
+    notes += export_notes
+    del model  # the weights live on in `proto`; free torch's copy before verification
+    notes += _fit_ir_version(proto, min(onnx.IR_VERSION, runtime_max_ir_version()))
+    metadata = _metadata(request, shape, weights_sha256, manifest)
+    onnx.helper.set_model_props(proto, metadata)
+    dense_bytes = proto.ByteSize()
+    tensors = sparsify(proto, request.sparse_threshold)
+    _check_model(onnx, proto)
+    data = proto.SerializeToString()
+    check = _verify(ort, data, x, reference, *request.tolerances()) if request.verify else None
+    _write_atomically(request.output, data)
+    return ExportReport(
+        output=str(request.output),
+        source=str(request.source),
+        weights=str(weights),
+        arch=request.arch,
+        input_shape=list(shape),
+        batch=request.static_batch or "dynamic",
+        dtype=request.dtype,
+        opset=_opset(proto),
+        ir_version=proto.ir_version,
+        sparse_threshold=request.sparse_threshold,
+        dense_bytes=dense_bytes,
+        sparse_bytes=len(data),
+        ratio=dense_bytes / len(data),
+        seconds=time.perf_counter() - start,
+        tensors=tensors,
+        metadata=metadata,
+        verification=check,
+        notes=notes,
+    )
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """Import onnx and onnxruntime, or raise UsageError naming the extra to install."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        missing = exc.name or "onnx/onnxruntime"
+        raise UsageError(f"prunecli export needs {missing}, which is not installed", EXTRA_HINT) from None
+    return onnx, onnxruntime
+
+
+@lru_cache(maxsize=1)
+def runtime_max_ir_version() -> int:
+    """The highest ONNX IR version the installed onnxruntime loads.
+
+    onnxruntime has no API for it, so a one-node model stamped with onnx's IR version is loaded;
+    when refused, the limit is read from the error ("max supported IR version: 13"), else lower
+    versions are tried one by one.
+
+    Example:
+        >>> runtime_max_ir_version()  # onnxruntime 1.32
+        14
+    """
+    onnx, _ = require_onnx()
+    error = _probe_ir(onnx.IR_VERSION)
+    if error is None:
+        return onnx.IR_VERSION
+    found = re.search(r"max supported IR version: (\d+)", error)
+    if found:
+        return min(int(found.group(1)), onnx.IR_VERSION)
+    for version in range(onnx.IR_VERSION - 1, 6, -1):
+        if _probe_ir(version) is None:
+            return version
+    raise PruneError("onnxruntime loads no ONNX IR version from 7 up", "reinstall onnxruntime")
+
+
+def _probe_ir(version: int) -> str | None:
+    """None if onnxruntime loads a one-node model of this IR version, else its error message."""
+    onnx, ort = require_onnx()
+    h = onnx.helper
+    value = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = h.make_graph(
+        [h.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [value],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=version)
+    try:
+        ort.InferenceSession(model.SerializeToString(), _session_options(ort), ["CPUExecutionProvider"])
+    except Exception as exc:
+        return str(exc)
+    return None
+
+
+def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The weights file and the manifest (None for a plain checkpoint) that `path` names."""
+    from prunecli.checkpoints import require_file
+    from prunecli.manifest import read_manifest
+    from prunecli.pruning import MANIFEST_FILE
+
+    if path.is_dir() or path.name == MANIFEST_FILE:
+        manifest_path = path / MANIFEST_FILE if path.is_dir() else path
+        if not manifest_path.is_file():
+            raise InputError(
+                f"{path} is a folder without {MANIFEST_FILE}",
+                "pass an apply output folder or a checkpoint file",
+            )
+        manifest = read_manifest(manifest_path)
+        weights = manifest_path.parent / manifest["files"]["model"]
+        require_file(weights, "weights file")
+        return weights, manifest
+    require_file(path, "checkpoint")
+    return path, None
+
+
+def sparsify(proto: onnx.ModelProto, threshold: float) -> list[TensorRecord]:
+    """Move every float initializer with density below `threshold` to `sparse_initializer`, in place.
+
+    A sparse tensor holds the nonzero values (1-D) and their int64 row-major flat indices (1-D,
+    ascending); -0.0 counts as zero. Returns one record per initializer, in graph order.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    aliases = _aliases(graph)
+    dense, records = [], []
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init)
+        nonzeros = int(np.count_nonzero(values))
+        density = nonzeros / values.size if values.size else 1.0
+        sparse = values.dtype.kind == "f" and density < threshold
+        if sparse:
+            flat = np.flatnonzero(values)  # (nnz,) row-major flat indices, ascending
+            graph.sparse_initializer.append(
+                helper.make_sparse_tensor(
+                    numpy_helper.from_array(values.reshape(-1)[flat], init.name),  # (nnz,)
+                    numpy_helper.from_array(flat.astype(np.int64)),
+                    list(values.shape),
+                )
+            )
+        else:
+            dense.append(init)
+        records.append(
+            TensorRecord(
+                name=init.name,
+                shape=list(values.shape),
+                dtype=helper.tensor_dtype_to_string(init.data_type).removeprefix("TensorProto."),
+                numel=int(values.size),
+                nonzeros=nonzeros,
+                density=density,
+                stored="sparse" if sparse else "dense",
+                bytes=nonzeros * (values.itemsize + INDEX_BYTES) if sparse else values.nbytes,
+                aliases=aliases.get(init.name, []),
+            )
+        )
+    del graph.initializer[:]
+    graph.initializer.extend(dense)
+    return records
+
+
+def _aliases(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    names = {init.name for init in graph.initializer}
+    found: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in names:
+            found.setdefault(node.input[0], []).append(node.output[0])
+    return found
+
+
+def _check_model(onnx: Any, proto: onnx.ModelProto) -> None:
+    """onnx.checker in its default mode (the strict modes reject sparse initializers)."""
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        raise PruneError(
+            f"the exported model fails onnx.checker: {first}",
+            "report it with the model; PRUNECLI_DEBUG=1 shows the traceback",
+        ) from exc
+
+
+def _fit_ir_version(proto: onnx.ModelProto, highest: int) -> list[str]:
+    """Lower the IR version to what onnx and onnxruntime read (the exporter's is usually lower)."""
+    if proto.ir_version <= highest:
+        return []
+    note = f"IR version lowered from {proto.ir_version} to {highest} for the installed onnxruntime"
+    proto.ir_version = highest
+    return [note]
+
+
+def _check_output(output: Path, force: bool) -> None:
+    from prunecli.checkpoints import guard_output_file
+
+    if output.is_dir():  # before guard_output_file, which would call it an existing output
+        raise InputError(f"output {output} is a directory", f"name a file, e.g. {output / 'model.onnx'}")
+    guard_output_file(output, force)
+    if not os.access(output.absolute().parent, os.W_OK):
+        raise InputError(f"cannot write to {output.absolute().parent}", "choose a writable output folder")
+
+
+def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module, str, list[str]]:
+    """The model in eval mode with the weights loaded, in the asked dtype; the weights' sha256; notes."""
+    import torch
+
+    from prunecli.checkpoints import open_checkpoint, raw_to_torch
+    from prunecli.models import load_weights, resolve_model
+
+    model = resolve_model(request.arch, request.arch_args)
+    with open_checkpoint(weights) as ckpt:
+        tensors = {name: raw_to_torch(ckpt.read(name), info.dtype) for name, info in ckpt.tensors.items()}
+        sha256, notes = ckpt.sha256(), list(ckpt.notes)
+    load_weights(model, tensors, str(weights))
+    model = model.to(getattr(torch, request.dtype)).eval()
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size >= PROTO_LIMIT:
+        raise InputError(
+            f"{request.arch} holds {size:,} bytes of {request.dtype} tensors; "
+            "one ONNX file holds less than 2 GiB",
+            "export a smaller model",
+        )
+    return model, sha256, notes
+
+
+def _input_shape(request: ExportRequest) -> tuple[int, ...]:
+    from prunecli.data import load_calibration
+    from prunecli.models import default_input_shape
+
+    if request.input_shape is not None:
+        return tuple(request.input_shape)
+    if request.data is not None:
+        return load_calibration(request.data, batch_size=1, num_batches=1, seed=request.seed).example_shape
+    shape = default_input_shape(request.arch, request.arch_args)
+    if shape is None:
+        raise UsageError(f"--arch {request.arch} implies no input shape", _SHAPE_HINT + ", or --data SRC")
+    return tuple(shape)
+
+
+def _seeded_batch(seed: int, batch: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Standard-normal inputs (batch, *shape) from a seeded generator."""
+    return np.random.default_rng(seed).standard_normal((batch, *shape), dtype=np.float32).astype(dtype)
+
+
+def _forward(model: torch.nn.Module, x: np.ndarray, arch: str, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """torch's outputs for `x` (the reference); a model that rejects the shape is an InputError."""
+    import torch
+
+    from prunecli.models.exported import describe_exception
+
+    shown = "x".join(map(str, shape))
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x))
+    except Exception as exc:
+        raise InputError(
+            f"{arch} rejects input shape {shown}: {describe_exception(exc)}", _SHAPE_HINT
+        ) from exc
+    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not outputs or not all(isinstance(t, torch.Tensor) for t in outputs):
+        raise InputError(
+            f"{arch} returns {type(out).__name__}", "export needs a tensor or a tuple of tensors"
+        )
+    return [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in outputs]
+
+
+def _torch_export(
+    model: torch.nn.Module, x: np.ndarray, n_outputs: int, dynamic: bool, opset: int | None
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Run the TorchScript exporter into memory; returns the model and its notable warnings."""
+    import onnx
+    import torch
+
+    from prunecli.models.exported import describe_exception
+
+    outputs = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+    axes = {name: {0: "batch"} for name in ["input", *outputs]} if dynamic else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(record=True) as caught, _quiet_stdout_fd():
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(
+                model,
+                (torch.from_numpy(x),),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=outputs,
+                dynamic_axes=axes,
+                training=torch.onnx.TrainingMode.PRESERVE,  # the model is in eval mode: no BN folding
+                do_constant_folding=False,
+            )
+        except Exception as exc:
+            raise InputError(
+                f"torch.onnx.export (TorchScript exporter) failed: {describe_exception(exc)}",
+                "PRUNECLI_DEBUG=1 shows the traceback; another --opset may help",
+            ) from exc
+    tracer = torch.jit.TracerWarning
+    notes = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, tracer)]
+    return onnx.load_from_string(buffer.getvalue()), notes
+
+
+@contextlib.contextmanager
+def _quiet_stdout_fd() -> Iterator[None]:
+    """Point file descriptor 1 (process-wide) at /dev/null while the exporter runs: on failure its C++
+    code dumps the graph there, which would break JSON on stdout and the one-line error."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real descriptor 1 (embedded interpreter): nothing to protect
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _metadata(request: ExportRequest, shape: tuple[int, ...], sha256: str, manifest: dict | None) -> dict:
+    """The file's metadata_props: tool version, architecture, and the manifest's pruning record."""
+    meta = {
+        "prunecli_version": __version__,
+        "prunecli_arch": request.arch,
+        "prunecli_input_shape": "x".join(map(str, shape)),
+        "prunecli_weights_sha256": sha256,
+        "prunecli_sparse_threshold": repr(request.sparse_threshold),
+    }
+    if manifest is not None:
+        meta["prunecli_method"] = manifest["method"]["name"]
+        meta["prunecli_sparsity"] = repr(manifest["totals"]["sparsity"])
+        meta["prunecli_source_sha256"] = manifest["source"]["sha256"]
+    return meta
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _session_options(ort: Any) -> Any:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: onnxruntime's warnings would clutter stderr
+    return options
+
+
+def _verify(
+    ort: Any, data: bytes, x: np.ndarray, reference: list[np.ndarray], atol: float, rtol: float
+) -> Verification:
+    """Run the serialized model in onnxruntime on `x` and compare with torch's outputs."""
+    start = time.perf_counter()
+    session = ort.InferenceSession(data, _session_options(ort), ["CPUExecutionProvider"])
+    got = session.run(None, {"input": x})
+    abs_err, rel_err, mismatched = 0.0, 0.0, 0
+    for ours, want in zip(got, reference, strict=True):
+        a, b = np.asarray(ours, np.float64), np.asarray(want, np.float64)
+        if a.shape != b.shape:
+            raise PruneError(
+                f"onnxruntime returned shape {list(a.shape)}, torch {list(b.shape)}",
+                "report this with the model",
+            )
+        same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaN on both sides agree
+        diff = np.where(same, 0.0, np.abs(a - b))
+        mismatched += int(np.count_nonzero(~(diff <= atol + rtol * np.abs(b))))
+        abs_err = max(abs_err, float(diff.max(initial=0.0)))
+        nonzero = b != 0
+        rel_err = max(rel_err, float((diff[nonzero] / np.abs(b[nonzero])).max(initial=0.0)))
+    finite = np.isfinite([abs_err, rel_err])
+    return Verification(
+        passed=mismatched == 0,
+        batch=len(x),
+        max_abs_error=abs_err if finite[0] else None,
+        max_rel_error=rel_err if finite[1] else None,
+        mismatched=mismatched,
+        values=sum(int(r.size) for r in reference),
+        atol=atol,
+        rtol=rtol,
+        runtime=f"onnxruntime {ort.__version__}",
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: never a partial file."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write to {path.absolute().parent}: {exc.strerror}", "choose a writable output folder"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {exc.strerror}", "check the disk and the path") from None
+        raise
