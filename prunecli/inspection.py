@@ -112,4 +112,61 @@ def check(summary: dict[str, Any], expect: Expectations) -> list[str]:
         failures.append(f"sparsity is {achieved:.6f}, expected {expect.sparsity:.6f} ± {expect.tolerance:g}")
     if expect.fail_on_collapse and summary["collapsed"]:
         failures.append(f"{len(summary['collapsed'])} collapsed layer(s): {', '.join(summary['collapsed'])}")
+    signal = summary.get("signal")
+    if expect.fail_on_collapse and signal and not signal["after"]["connected"]:
+        failures.append("no path from input to output survives (SynFlow R = 0)")
     return failures
+
+
+@dataclass(frozen=True)
+class SignalRequest:
+    """`inspect --signal`: the architecture to rebuild the network, and the examples to probe."""
+
+    arch: str
+    arch_args: str | None = None
+    data: str | None = None
+    input_shape: str | None = None
+    examples: int = 32
+    seed: int = 0
+
+
+def signal_summary(path: Path, request: SignalRequest) -> dict[str, Any]:
+    """Jacobian singular values and the path check R, after pruning and (when the source is
+    found) before: Lee et al. 2020's view of whether a pruned network can still learn.
+
+    Without --data the probes are seeded standard-normal inputs of one example's shape.
+    """
+    import torch
+
+    from prunecli.checkpoints import load_state_dict
+    from prunecli.data import load_calibration, parse_shape
+    from prunecli.models import default_input_shape, load_weights, parse_arch_args, resolve_model
+    from prunecli.signal import signal_report
+
+    folder = path if path.is_dir() else path.parent if path.suffix == ".json" else None
+    weights = folder / "model.safetensors" if folder else path
+    args = parse_arch_args(request.arch_args)
+    calibration = None
+    if request.data:
+        calibration = load_calibration(request.data, batch_size=request.examples, seed=request.seed)
+    shape = parse_shape(request.input_shape) if request.input_shape else None
+    shape = shape or (calibration.example_shape if calibration else default_input_shape(request.arch, args))
+    if shape is None:
+        raise UsageError("--signal needs an input shape", "add --input-shape, e.g. 3x32x32, or --data")
+    if calibration:
+        inputs = calibration.batches[0][0]
+    else:
+        inputs = torch.randn(
+            (request.examples, *shape), generator=torch.Generator().manual_seed(request.seed)
+        )
+
+    def report(checkpoint: Path, masks: Path | None) -> dict[str, Any]:
+        model = resolve_model(request.arch, args)
+        load_weights(model, load_state_dict(checkpoint), str(checkpoint))
+        return signal_report(model, masks, shape, inputs)
+
+    result: dict[str, Any] = {"after": report(weights, folder), "before": None, "input_shape": list(shape)}
+    if folder is not None:
+        source = Path(read_manifest(folder / MANIFEST_FILE)["source"]["path"])
+        result["before"] = report(source, None) if source.is_file() else None
+    return result

@@ -113,6 +113,10 @@ SCHEMA: dict[str, Any] = {
         },
         "tensors": {"type": "array", "items": _TENSOR},
         "warnings": {"type": "array", "items": _WARNING},
+        "isometry": {
+            "type": "object",
+            "required": ["steps", "lr", "penalty_before", "penalty_after", "layers"],
+        },
         "files": {
             "type": "object",
             "required": ["model", "masks"],

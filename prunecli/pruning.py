@@ -21,6 +21,7 @@ from prunecli import __version__
 from prunecli.checkpoints import Checkpoint, output_folder
 from prunecli.dtypes import as_unsigned, finite_weights
 from prunecli.errors import InputError, UsageError
+from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
 from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.random_baseline import tensor_rng
@@ -261,7 +262,13 @@ def _tensor_record(
 
 
 def write_pruned(
-    source: KeySource, plan: MaskPlan, names: list[str], folder: Path, seed: int, progress: Progress
+    source: KeySource,
+    plan: MaskPlan,
+    names: list[str],
+    folder: Path,
+    seed: int,
+    progress: Progress,
+    refine: Refiner | None = None,
 ) -> list[dict[str, Any]]:
     """The final pass: mask every prunable tensor, copy the rest, write both files."""
     ckpt = source.ckpt
@@ -285,6 +292,8 @@ def write_pruned(
                     mask = shuffle_mask(mask, tensor_rng(seed, name, purpose=SHUFFLE_STREAM))
                 bits = as_unsigned(raw)
                 np.multiply(bits, mask, out=bits)  # pruned entries become +0
+                if refine is not None:
+                    raw = refine(name, raw, mask, info.dtype)
                 kept = int(np.count_nonzero(mask))
                 masks_out.write(name, np.packbits(mask.reshape(-1)))
             model_out.write(name, raw)
@@ -331,6 +340,7 @@ class ApplyRequest:
     force: bool = False
     arch: str | None = None
     data_fingerprint: str | None = None
+    isometry: tuple[int, float] | None = None  # (steps, lr) of --isometry-steps
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -353,10 +363,13 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
                 ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
             )
             plan = plan_masks(source, req.names, req.spec, progress)
-            records = write_pruned(source, plan, req.names, folder, req.seed, progress)
+            refine, isometry = isometry_refiner(*req.isometry) if req.isometry else (None, None)
+            records = write_pruned(source, plan, req.names, folder, req.seed, progress, refine)
             source_sha = source_hash.result()
             _warn_if_scored_elsewhere(req, source_sha)
             manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result())
+            if isometry is not None:
+                manifest["isometry"] = isometry
             write_manifest(manifest, folder / MANIFEST_FILE)
     return manifest
 

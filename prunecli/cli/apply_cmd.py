@@ -52,6 +52,14 @@ def apply(
         bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity ablation).")
     ] = False,
     invert: Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")] = False,
+    isometry_steps: Annotated[
+        int,
+        typer.Option("--isometry-steps", help="SGD steps of the approximate-isometry fix (Lee et al. 2020)."),
+    ] = 0,
+    isometry_lr: Annotated[
+        Optional[float],
+        typer.Option("--isometry-lr", help="Learning rate of --isometry-steps (default 0.1)."),
+    ] = None,
     seed: opt.Seed = 0,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -77,8 +85,20 @@ def apply(
         sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude,
         structure=structure, aggregate=aggregate,
     )  # fmt: skip
+    isometry = isometry_options(isometry_steps, isometry_lr)
     run_apply(checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
-              json_out=json_out, quiet=quiet)  # fmt: skip
+              json_out=json_out, quiet=quiet, isometry=isometry)  # fmt: skip
+
+
+def isometry_options(steps: int, lr: float | None) -> tuple[int, float] | None:
+    """Validate --isometry-steps / --isometry-lr once, at the edge."""
+    if steps < 0:
+        raise UsageError(f"--isometry-steps {steps} is negative", "use e.g. --isometry-steps 10000")
+    if lr is not None and (steps == 0 or not lr > 0):
+        raise UsageError(
+            "--isometry-lr needs --isometry-steps and a positive value", "e.g. --isometry-lr 0.1"
+        )
+    return (steps, 0.1 if lr is None else lr) if steps else None
 
 
 def selection_spec(
@@ -133,6 +153,7 @@ def run_apply(
     json_out: bool = False,
     quiet: bool = False,
     scores_label: str | None = None,
+    isometry: tuple[int, float] | None = None,
 ) -> None:
     """Open the inputs, run `apply_pruning`, and report; `scores_label` names temporary scores."""
     from prunecli.checkpoints import open_checkpoint
@@ -161,6 +182,7 @@ def run_apply(
             method_name=chosen.name if chosen else score_file.metadata.get("method", "unknown"),
             seed=seed,
             force=force,
+            isometry=isometry,
         )
         if score_file is not None:
             describe_scores(request, score_file.metadata)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from prunecli.cli import options as opt
 from prunecli.cli.output import emit_json, note, stderr_console, warn
-from prunecli.errors import CheckFailed
+from prunecli.errors import CheckFailed, UsageError
 
 BAR_WIDTH = 12
 
@@ -63,6 +63,20 @@ def render(summary: dict[str, Any], console: Console, show_all: bool = False) ->
         )
 
 
+def render_signal(signal: dict[str, Any], console: Console) -> None:
+    """Path check and Jacobian singular values, after pruning and before when known."""
+    for stage in ("before", "after"):
+        report = signal[stage]
+        if report is None:
+            continue
+        jac = report["jacobian"]
+        console.print(
+            f"{stage} pruning: SynFlow R {report['synflow_r']:.6g}; Jacobian singular values over "
+            f"{jac['examples']} examples: mean {jac['mean']:.4g}, std {jac['std']:.4g}, "
+            f"min {jac['min']:.4g}, max {jac['max']:.4g}"
+        )
+
+
 def inspect(
     path: Annotated[Path, typer.Argument(help="Output folder, manifest.json, or a checkpoint.")],
     json_out: opt.Json = False,
@@ -74,6 +88,15 @@ def inspect(
         bool, typer.Option("--fail-on-collapse", help="Exit 1 if any layer keeps no weights.")
     ] = False,
     show_all: Annotated[bool, typer.Option("--all", help="List untouched tensors too.")] = False,
+    signal: Annotated[
+        bool, typer.Option("--signal", help="Jacobian singular values and the path check (needs --arch).")
+    ] = False,
+    arch: opt.Arch = None,
+    arch_args: opt.ArchArgs = None,
+    data: opt.Data = None,
+    input_shape: opt.InputShape = None,
+    examples: Annotated[int, typer.Option("--examples", help="Examples probed by --signal.")] = 32,
+    seed: opt.Seed = 0,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     quiet: opt.Quiet = False,
@@ -87,12 +110,22 @@ def inspect(
       prunecli inspect out/manifest.json --json --expect-sparsity 0.9 --tolerance 0.001
 
       prunecli inspect model.safetensors --fail-on-collapse
+
+      prunecli inspect out/ --signal --arch lenet-300-100 --data mnist.npz
     """
-    from prunecli.inspection import Expectations, check, summarize
+    from prunecli.inspection import Expectations, SignalRequest, check, signal_summary, summarize
 
     expect = Expectations(expect_sparsity, tolerance, fail_on_collapse)
     expect.validate()
+    if signal and arch is None:
+        raise UsageError("--signal rebuilds the network and needs its architecture", "add --arch")
+    if examples < 1:
+        raise UsageError(f"--examples {examples} must be at least 1", "e.g. --examples 32")
     summary = summarize(path, tuple(include or ()), tuple(exclude or ()))
+    if signal:
+        request = SignalRequest(arch, arch_args, data, input_shape, examples, seed)
+        summary["signal"] = signal_summary(Path(summary["path"]) if summary["kind"] == "manifest" else path,
+                                           request)  # fmt: skip
     for line in summary.pop("notes"):
         note(line, quiet)
     failures = check(summary, expect)
@@ -100,6 +133,10 @@ def inspect(
         emit_json({**summary, "checks": {"passed": not failures, "failures": failures}})
     elif not quiet:
         render(summary, stderr_console(), show_all)
+        if signal:
+            render_signal(summary["signal"], stderr_console())
+    if signal and not summary["signal"]["after"]["connected"]:
+        warn("no path from input to output survives (SynFlow R = 0): the network is fully collapsed")
     for name in summary["collapsed"]:
         warn(f"{name} keeps no weights: the layer is collapsed")
     if failures:
