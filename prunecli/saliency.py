@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from prunecli.data import Calibration
     from prunecli.scoring.context import ScoreResult
 
-DEFAULT_ITERATIONS = {"synflow": 100, "force": 10, "iter-snip": 10}
+DEFAULT_ITERATIONS = {"synflow": 100, "force": 10, "iter-snip": 10, "snip-it": 5}
+# options that change a method's result, recorded in the scores metadata
+RECORDED_OPTIONS = {"obd": ("hessian", "hutchinson_samples", "obd_first_order"), "taylor": ("fisher",)}
 
 
 @dataclass
@@ -53,6 +55,7 @@ class ScoreRequest:
     seed: int = 0
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific (see ScoringContext)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -193,16 +196,18 @@ def run_method(
     ctx = ScoringContext(
         model=model, names=names, batches=batches, loss=loss, input_shape=shape, density=req.density,
         iterations=iterations, schedule=req.schedule, temperature=req.temperature,
-        progress=progress or _NoProgress(),
+        progress=progress or _NoProgress(), options={**req.options, "seed": req.seed},
     )  # fmt: skip
     scores = to_float32(req.method.model_scorer(ctx))
     params: dict[str, Any] = {"bn_mode": bn_mode, "dtype": precision, "device": device.type}
-    if req.method.data == "batches":
+    if req.method.data == "batches" and req.method.name != "wanda":
         params["loss"] = loss
     if req.method.name == "grasp":
         params["temperature"] = req.temperature
     if req.method.iterative:
-        params.update(iterations=iterations, schedule=req.schedule, sparsity=round(1 - req.density, 12))
+        schedule = "snip-it" if req.method.name == "snip-it" else req.schedule
+        params.update(iterations=iterations, schedule=schedule, sparsity=round(1 - req.density, 12))
+    params.update({k: req.options[k] for k in RECORDED_OPTIONS.get(req.method.name, ()) if k in req.options})
     if req.arch_args:
         params["arch_args"] = req.arch_args
     return scores, _metadata(req, params, calibration), notes

@@ -85,7 +85,8 @@ Loss = Annotated[
     typer.Option("--loss", help="ce (default with labels), pseudo (default without), uniform or nll."),
 ]
 Iterations = Annotated[
-    Optional[int], typer.Option("--iterations", help="Steps of iterative methods (SynFlow 100, FORCE 10).")
+    Optional[int],
+    typer.Option("--iterations", help="Steps of iterative methods (SynFlow 100, FORCE 10, SNIP-it's S 5)."),
 ]
 Schedule = Annotated[
     str, typer.Option("--schedule", help="Density schedule of iterative methods: exp or linear.")
@@ -99,3 +100,40 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N
 Dtype = Annotated[
     Optional[str], typer.Option("--dtype", help="Scoring precision: float32 or float64 (SynFlow default).")
 ]
+Hessian = Annotated[
+    Optional[str],
+    typer.Option("--hessian", help="OBD's Hessian diagonal: exact (small models), hutchinson or fisher."),
+]
+HutchinsonSamples = Annotated[
+    Optional[int],
+    typer.Option("--hutchinson-samples", help="Rademacher vectors for --hessian hutchinson (100)."),
+]
+ObdFirstOrder = Annotated[
+    bool, typer.Option("--obd-first-order", help="OBD at initialisation: −gθ + ½θ²H_jj (signed).")
+]
+Fisher = Annotated[
+    bool, typer.Option("--fisher", help="taylor: mean of per-sample (gθ)² (empirical Fisher).")
+]
+MaxParams = Annotated[
+    Optional[int],
+    typer.Option(
+        "--max-params", help="Refuse exact (1,000,000) or OBD's exact Hessian (100,000) above this."
+    ),
+]
+
+
+def method_options(
+    hessian: str | None,
+    hutchinson_samples: int | None,
+    obd_first_order: bool,
+    fisher: bool,
+    max_params: int | None,
+) -> dict[str, object]:
+    """The method-specific options that were given (the methods supply their own defaults)."""
+    given = {"hessian": hessian, "hutchinson_samples": hutchinson_samples, "max_params": max_params}
+    options: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if obd_first_order:
+        options["obd_first_order"] = True
+    if fisher:
+        options["fisher"] = True
+    return options

@@ -52,6 +52,11 @@ def prune(
     bn_mode: opt.BnMode = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = None,
+    hessian: opt.Hessian = None,
+    hutchinson_samples: opt.HutchinsonSamples = None,
+    obd_first_order: opt.ObdFirstOrder = False,
+    fisher: opt.Fisher = False,
+    max_params: opt.MaxParams = None,
     seed: opt.Seed = 0,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -83,6 +88,7 @@ def prune(
         sparsity=1.0 - target if chosen.iterative else None, iterations=iterations,
         schedule=schedule, temperature=temperature, bn_mode=bn_mode, device=device, dtype=dtype, seed=seed,
         include=include, exclude=exclude,
+        method_options=opt.method_options(hessian, hutchinson_samples, obd_first_order, fisher, max_params),
     )  # fmt: skip
     parent = output.absolute().parent
     with tempfile.TemporaryDirectory(

@@ -34,6 +34,11 @@ def score(
     bn_mode: opt.BnMode = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = None,
+    hessian: opt.Hessian = None,
+    hutchinson_samples: opt.HutchinsonSamples = None,
+    obd_first_order: opt.ObdFirstOrder = False,
+    fisher: opt.Fisher = False,
+    max_params: opt.MaxParams = None,
     seed: opt.Seed = 0,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -58,6 +63,7 @@ def score(
         num_batches=num_batches, per_class=per_class, inputs_key=inputs_key, labels_key=labels_key, loss=loss,
         sparsity=sparsity, iterations=iterations, schedule=schedule, temperature=temperature, bn_mode=bn_mode,
         device=device, dtype=dtype, seed=seed, include=include, exclude=exclude,
+        method_options=opt.method_options(hessian, hutchinson_samples, obd_first_order, fisher, max_params),
     )  # fmt: skip
     with RichProgress(quiet) as progress:
         count = compute(checkpoint, chosen, output, request, force, progress, quiet)
@@ -124,5 +130,6 @@ def run_model_method(checkpoint: Path, method: object, options: dict, progress: 
         seed=options["seed"],
         include=tuple(options["include"] or ()),
         exclude=tuple(options["exclude"] or ()),
+        options=dict(options.get("method_options") or {}),
     )
     return run_method(request, progress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +36,8 @@ class ScoringContext:
     schedule: str = "exp"
     temperature: float = 200.0
     progress: object = field(default_factory=_NoProgress)
+    # method-specific settings: hessian, hutchinson_samples, obd_first_order, fisher, max_params, seed
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -99,7 +99,20 @@ def get_method(name: str) -> Method:
 
 
 # The built-in method modules, in the order `prunecli methods` lists them.
-BUILTIN_MODULES = ("magnitude", "random_baseline", "lamp", "snip", "grasp", "synflow", "force")
+BUILTIN_MODULES = (
+    "magnitude",
+    "random_baseline",
+    "lamp",
+    "snip",
+    "grasp",
+    "synflow",
+    "force",
+    "snip_it",
+    "obd",
+    "exact",
+    "taylor",
+    "wanda",
+)
 
 
 def _load_builtin_methods() -> None:

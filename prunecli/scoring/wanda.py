@@ -1,0 +1,148 @@
+"""Wanda: |W_ij|·‖X_j‖₂, weights times input-activation norms (Sun et al. 2024, ICLR, "A Simple
+and Effective Pruning Approach for Large Language Models").
+
+X_j is input feature j of the layer over every calibration token: every row of a Linear layer's
+input (all leading dimensions are tokens), and every column of a Conv2d's unfolded input
+(`torch.nn.functional.unfold` with the conv's kernel, stride, padding and dilation; feature j
+matches the weight flattened as (out, in·kh·kw), per group). The statistics are gathered by
+forward pre-hooks during plain forward passes under `torch.no_grad()`: no labels, no backward
+pass, the memory of inference (plus one unfolded input of a conv at a time). Scores are per
+weight; the reference compares them within each output row (`apply --scope row`), which gives
+every layer the same sparsity. Higher = keep. Unlike the reference, the network is not pruned
+block by block while scoring: every layer sees the dense network's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prunecli.scoring.registry import register_model_method
+
+if TYPE_CHECKING:
+    import torch
+
+    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+
+
+def wanda_scores(
+    model: torch.nn.Module, names: list[str], batches: list[Batch], progress: object = None
+) -> dict[str, torch.Tensor]:
+    """|W|·‖X_j‖₂ for each named Linear or Conv2d weight, X over every calibration token.
+
+    Example:
+        >>> scores = wanda_scores(model, ["fc1.weight", "fc2.weight"], [(x, None)])
+    """
+    import torch
+
+    from prunecli.scoring.context import _NoProgress
+
+    progress = progress or _NoProgress()
+    modules = _layers(model, names)
+    squares: dict[str, torch.Tensor] = {}  # name -> Σ_tokens x_j², (in·kh·kw,)
+    hooks = [
+        module.register_forward_pre_hook(_accumulate(name, module, squares))
+        for name, module in modules.items()
+    ]
+    try:
+        with torch.no_grad():
+            for inputs, _ in batches:
+                model(inputs)
+                progress.advance()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: _scores(module, squares.get(name)) for name, module in modules.items()}
+
+
+def input_columns(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's input as rows of features: (tokens, in) for Linear, (B·L, in·kh·kw) for Conv2d.
+
+    Example:
+        >>> input_columns(nn.Conv2d(1, 2, 3), torch.ones(1, 1, 4, 4)).shape
+        torch.Size([4, 9])
+    """
+    import torch.nn.functional as F
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    x = x if x.dim() == 4 else x.unsqueeze(0)  # unbatched (C, H, W)
+    x = F.pad(x, _padding(module), mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (B, C·kh·kw, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _padding(conv: torch.nn.Conv2d) -> list[int]:
+    """F.pad's (left, right, top, bottom) for the conv's padding, 'same' and 'valid' included."""
+    if conv.padding == "valid":
+        return [0, 0, 0, 0]
+    if conv.padding == "same":
+        sizes = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]  # (h, w)
+        return [sizes[1] // 2, sizes[1] - sizes[1] // 2, sizes[0] // 2, sizes[0] - sizes[0] // 2]
+    return [conv.padding[1], conv.padding[1], conv.padding[0], conv.padding[0]]
+
+
+def _accumulate(
+    name: str, module: torch.nn.Module, squares: dict[str, torch.Tensor]
+) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+    """A pre-hook adding Σ_tokens x_j² of the module's input to squares[name], in float64."""
+    import torch
+
+    def hook(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        total = input_columns(module, args[0]).pow(2).sum(0, dtype=torch.float64)  # (features,)
+        squares[name] = squares[name] + total if name in squares else total
+
+    return hook
+
+
+def _scores(module: torch.nn.Module, squares: torch.Tensor | None) -> torch.Tensor:
+    """|W|·‖X_j‖ shaped like the weight; a layer that never ran scores |W|·0."""
+    import torch
+
+    weight = module.weight.detach()
+    if squares is None:
+        return torch.zeros_like(weight)
+    norms = squares.sqrt().to(weight.dtype)  # (in·kh·kw,) over all groups
+    groups = getattr(module, "groups", 1)
+    rows = weight.abs().reshape(groups, weight.shape[0] // groups, -1)  # (G, out/G, in/G·kh·kw)
+    return (rows * norms.reshape(groups, 1, -1)).reshape(weight.shape)
+
+
+def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
+    """The Linear or Conv2d module that owns each `<module>.weight`; anything else is refused."""
+    from torch import nn
+
+    from prunecli.errors import UsageError
+
+    modules = dict(model.named_modules())
+    found, other = {}, []
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        module = modules.get(owner)
+        if attr == "weight" and isinstance(module, (nn.Linear, nn.Conv2d)):
+            found[name] = module
+        else:
+            other.append(name)
+    if other:
+        raise UsageError(
+            f"wanda scores only Linear and Conv2d weights, not {', '.join(other[:3])}"
+            + (f" and {len(other) - 3} more" if len(other) > 3 else ""),
+            "leave them out with --exclude GLOB",
+        )
+    return found
+
+
+@register_model_method(
+    "wanda",
+    summary="|W|·‖X_j‖₂: weight magnitude times input-feature norm (forward passes only)",
+    paper="Sun et al. 2024 (ICLR)",
+    needs="--arch and --data (no labels, no backward pass); compare per row",
+    data="batches",
+    bn_mode="eval",
+)
+def wanda_method(ctx: ScoringContext) -> ScoreResult:
+    from prunecli.scoring.context import ScoreResult
+
+    ctx.progress.stage("Wanda: input statistics", len(ctx.batches))
+    return ScoreResult(wanda_scores(ctx.model, ctx.names, ctx.batches, ctx.progress))
