@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prunecli import __version__
+from prunecli.errors import UsageError
 
 
 def init_checkpoint(
@@ -28,6 +29,11 @@ def init_checkpoint(
     from prunecli.models import default_input_shape, resolve_model
     from prunecli.models.init import initialize
 
+    if arch.endswith(".pt2"):
+        raise UsageError(
+            "init builds a fresh model, but a .pt2 archive carries its own weights",
+            "use a zoo name or package.module:factory, or give the .pt2 to score/prune directly",
+        )
     model = initialize(resolve_model(arch, arch_args), scheme, seed)
     shape = default_input_shape(arch, arch_args)
     metadata = {

@@ -231,8 +231,8 @@ def _plan_groups(source: KeySource, names: list[str], spec: SelectionSpec, progr
     progress.stage(f"scoring {spec.structure}s ({spec.aggregate})", len(names))
     aggregates = {}
     for name in names:
-        scores = source.scores(name)
-        aggregates[name] = group_scores(-scores if spec.invert else scores, spec.structure, spec.aggregate)
+        aggregate = group_scores(source.scores(name), spec.structure, spec.aggregate)
+        aggregates[name] = -aggregate if spec.invert else aggregate  # invert whole groups, not weights
         progress.advance()
     densities = None
     if spec.scope == "layer":

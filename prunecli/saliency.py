@@ -81,6 +81,8 @@ def _validate(req: ScoreRequest) -> None:
         raise UsageError(f"{m.name} needs calibration data", "add --data FILE (or --data random:SHAPE)")
     if m.iterative and req.density is None:
         raise UsageError(f"{m.name} is iterative and needs the target at score time", "add --sparsity S")
+    if not m.iterative and req.density is not None:
+        raise UsageError(f"{m.name} takes no --sparsity at score time", "give the sparsity to apply instead")
     if req.iterations is not None and req.iterations < 1:
         raise UsageError(f"--iterations {req.iterations} must be at least 1", "use e.g. --iterations 100")
     if req.bn_mode not in (None, "eval", "train"):
@@ -95,6 +97,8 @@ def _validate(req: ScoreRequest) -> None:
 
 def _load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]]:
     """The model with the checkpoint's weights, its prunable names, and notes for the user."""
+    import torch
+
     from prunecli.checkpoints import open_checkpoint, raw_to_torch
     from prunecli.models import load_weights, resolve_model
     from prunecli.prunable import prunable_names
@@ -107,6 +111,11 @@ def _load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str
     load_weights(model, tensors, str(req.checkpoint))
     parameters = dict(model.named_parameters())
     names = [n for n in names if n in parameters]
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ScoreError(
+                f"weights of {name} contain NaN or infinite values", "check the checkpoint (inspect)"
+            )
     if not names:
         raise InputError("no prunable parameter in the model", "choose them with --include GLOB")
     return model, names, notes
@@ -132,7 +141,7 @@ def _check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     try:
         with torch.no_grad():
             out = model(inputs[:2])
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:150]
         raise InputError(
             f"inputs of shape {list(inputs.shape[1:])} do not fit the model ({reason})",
@@ -151,7 +160,9 @@ def _check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
 def _input_shape(req: ScoreRequest, calibration: Calibration | None) -> tuple[int, ...]:
     from prunecli.models import default_input_shape
 
-    shape = req.input_shape or (calibration.example_shape if calibration else default_input_shape(req.arch))
+    shape = req.input_shape or (
+        calibration.example_shape if calibration else default_input_shape(req.arch, req.arch_args)
+    )
     if shape is None:
         raise UsageError(f"{req.method.name} needs an input shape", "add --input-shape, e.g. 3x32x32")
     return tuple(shape)

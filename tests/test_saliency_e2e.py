@@ -174,3 +174,69 @@ def test_synflow_on_a_batch_norm_resnet(cli, tmp_path: Path) -> None:
     # the main path survives; SynFlow may empty a 1×1 shortcut (a parallel path), and says so
     assert all(v > 0 for n, v in kept.items() if "shortcut" not in n)
     assert {w["tensor"] for w in manifest["warnings"]} == {n for n, v in kept.items() if v == 0}
+
+
+def test_model_methods_need_prune_or_score(cli, init_ckpt: Path, tmp_path: Path) -> None:
+    r = cli("apply", init_ckpt, "-m", "snip", "-s", "0.9", "-o", tmp_path / "o")
+    assert r.code == 2 and "prunecli prune -m snip" in r.err
+    r = cli(
+        "score",
+        init_ckpt,
+        "-m",
+        "snip",
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        MNIST,
+        "-s",
+        "0.9",
+        "-o",
+        tmp_path / "s.safetensors",
+    )
+    assert r.code == 2 and "no --sparsity at score time" in r.err
+    r = cli("score", init_ckpt, "-m", "magnitude", "-s", "0.9", "-o", tmp_path / "m.safetensors")
+    assert r.code == 2
+
+
+def test_nan_weight_is_named(cli, tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from prunecli.initialize import init_checkpoint
+
+    init_checkpoint("lenet-300-100", tmp_path / "i.safetensors", seed=0)
+    tensors = load_file(tmp_path / "i.safetensors")
+    tensors["fc2.weight"][3, 4] = np.nan
+    save_file(tensors, tmp_path / "nan.safetensors")
+    r = cli(
+        "score",
+        tmp_path / "nan.safetensors",
+        "-m",
+        "snip",
+        "--arch",
+        "lenet-300-100",
+        "--data",
+        MNIST,
+        "-o",
+        tmp_path / "s.safetensors",
+    )
+    assert r.code == 3 and "fc2.weight" in r.err
+
+
+def test_default_input_shape_follows_arch_args(cli, tmp_path: Path) -> None:
+    args = ["--arch", "mlp", "--arch-args", '{"in_features": 12, "hidden": [6]}']
+    assert cli("init", *args, "-o", tmp_path / "i.safetensors").code == 0
+    r = cli(
+        "prune",
+        tmp_path / "i.safetensors",
+        "-m",
+        "synflow",
+        *args,
+        "--iterations",
+        "2",
+        "-s",
+        "0.5",
+        "-o",
+        tmp_path / "o",
+    )
+    assert r.code == 0, r.err

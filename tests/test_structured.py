@@ -144,3 +144,14 @@ def test_structured_usage_errors(cli, conv_ckpt: Path, tmp_path: Path, extra: li
     args += extra if "--structure" in extra else ["--structure", "filter", *extra]
     r = cli(*args)
     assert r.code == 2 and r.err.startswith("error: ")
+
+
+def test_invert_flips_whole_groups(cli, conv_ckpt: Path, tmp_path: Path) -> None:
+    common = ["-m", "magnitude", "-s", "0.5", "--structure", "filter", "--scope", "layer"]
+    cli("apply", conv_ckpt, *common, "-o", tmp_path / "k")
+    cli("apply", conv_ckpt, *common, "--invert", "-o", tmp_path / "i")
+    kept = np.abs(load_file(tmp_path / "k" / "model.safetensors")["conv.weight"]).reshape(8, -1).sum(1) > 0
+    inverted = (
+        np.abs(load_file(tmp_path / "i" / "model.safetensors")["conv.weight"]).reshape(8, -1).sum(1) > 0
+    )
+    assert not (kept & inverted).any() and (kept | inverted).all()

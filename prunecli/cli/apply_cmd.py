@@ -163,6 +163,11 @@ def run_apply(
     from prunecli.scoring import get_method
 
     chosen = get_method(method) if method else None
+    if chosen is not None and chosen.needs_model:
+        raise UsageError(
+            f"apply --method scores without a model, but {chosen.name} needs one",
+            f"use prunecli prune -m {chosen.name} --arch SPEC ..., or prunecli score then apply --scores",
+        )
     with open_checkpoint(checkpoint) as ckpt:
         for line in ckpt.notes:
             note(line, quiet)

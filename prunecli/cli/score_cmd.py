@@ -26,7 +26,8 @@ def score(
     labels_key: opt.LabelsKey = None,
     loss: opt.Loss = None,
     sparsity: Annotated[
-        Optional[float], typer.Option("--sparsity", "-s", help="Target of iterative methods (recorded).")
+        Optional[float],
+        typer.Option("--sparsity", "-s", help="Target of iterative methods (synflow, force, ...)."),
     ] = None,
     iterations: opt.Iterations = None,
     schedule: opt.Schedule = "exp",
@@ -74,12 +75,15 @@ def compute(checkpoint: Path, method: object, output: Path, options: dict, force
             quiet: bool) -> int:  # fmt: skip
     """Score with a data-free per-tensor method or a model-based one; returns the tensor count."""
     from prunecli.checkpoints import guard_output_file, open_checkpoint
+    from prunecli.errors import UsageError
     from prunecli.prunable import prunable_names
     from prunecli.scores_file import compute_scores, write_scores
 
     guard_output_file(output, force)
     include, exclude = tuple(options["include"] or ()), tuple(options["exclude"] or ())
     if not method.needs_model:
+        if options["sparsity"] is not None:
+            raise UsageError(f"{method.name} takes no --sparsity at score time", "give the sparsity to apply")
         with open_checkpoint(checkpoint) as ckpt:
             for line in ckpt.notes:
                 note(line, quiet)
