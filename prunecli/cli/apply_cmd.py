@@ -17,41 +17,23 @@ if TYPE_CHECKING:
 
 def apply(
     checkpoint: opt.Checkpoint,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: opt.OutputFolder,
     scores: Annotated[
         Optional[Path], typer.Option("--scores", help="Scores file from `prunecli score`.")
     ] = None,
     method: Annotated[
         Optional[str], typer.Option("--method", "-m", help="Score on the fly with a data-free method.")
     ] = None,
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")] = None,
-    density: Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")] = None,
-    scope: Annotated[
-        Optional[str],
-        typer.Option("--scope", help="global (one ranking), layer (per tensor) or row (per output row)."),
-    ] = None,
-    allocation: Annotated[
-        str, typer.Option("--allocation", help="Per-layer densities: uniform or erk (layer scope).")
-    ] = "uniform",
-    min_density: Annotated[
-        float, typer.Option("--min-density", help="Floor on every tensor's density.")
-    ] = 0.0,
-    pattern: Annotated[
-        Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4 (implies the sparsity).")
-    ] = None,
-    structure: Annotated[
-        Optional[str],
-        typer.Option(
-            "--structure", help="Keep whole filters (output channels) or channels (input channels)."
-        ),
-    ] = None,
-    aggregate: Annotated[
-        str, typer.Option("--aggregate", help="Group score for --structure: l1, l2, mean or max.")
-    ] = "l1",
-    shuffle: Annotated[
-        bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity ablation).")
-    ] = False,
-    invert: Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")] = False,
+    sparsity: opt.Sparsity = None,
+    density: opt.Density = None,
+    scope: opt.Scope = None,
+    allocation: opt.Allocation = "uniform",
+    min_density: opt.MinDensity = 0.0,
+    pattern: opt.Pattern = None,
+    structure: opt.Structure = None,
+    aggregate: opt.Aggregate = "l1",
+    shuffle: opt.Shuffle = False,
+    invert: opt.Invert = False,
     isometry_steps: Annotated[
         int,
         typer.Option("--isometry-steps", help="SGD steps of the approximate-isometry fix (Lee et al. 2020)."),

@@ -137,3 +137,31 @@ def method_options(
     if fisher:
         options["fisher"] = True
     return options
+
+
+# Selection options, shared by `apply` and `prune`.
+OutputFolder = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+Sparsity = Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")]
+Density = Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")]
+Scope = Annotated[
+    Optional[str],
+    typer.Option("--scope", help="global (one ranking), layer (per tensor) or row (per output row)."),
+]
+Allocation = Annotated[
+    str, typer.Option("--allocation", help="Per-layer densities: uniform or erk (layer scope).")
+]
+MinDensity = Annotated[float, typer.Option("--min-density", help="Floor on every tensor's density.")]
+Pattern = Annotated[
+    Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4 (implies the sparsity).")
+]
+Structure = Annotated[
+    Optional[str],
+    typer.Option("--structure", help="Keep whole filters (output channels) or channels (input channels)."),
+]
+Aggregate = Annotated[
+    str, typer.Option("--aggregate", help="Group score for --structure: l1, l2, mean or max.")
+]
+Shuffle = Annotated[
+    bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity check).")
+]
+Invert = Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")]

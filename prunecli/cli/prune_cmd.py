@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,25 +17,17 @@ from prunecli.cli.score_cmd import compute
 def prune(
     checkpoint: opt.Checkpoint,
     method: Annotated[str, typer.Option("--method", "-m", help="Scoring method (see `prunecli methods`).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")] = None,
-    density: Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")] = None,
-    scope: Annotated[Optional[str], typer.Option("--scope", help="global, layer or row.")] = None,
-    allocation: Annotated[
-        str, typer.Option("--allocation", help="uniform or erk (layer scope).")
-    ] = "uniform",
-    min_density: Annotated[
-        float, typer.Option("--min-density", help="Floor on every tensor's density.")
-    ] = 0.0,
-    pattern: Annotated[Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4.")] = None,
-    structure: Annotated[
-        Optional[str], typer.Option("--structure", help="Keep whole filters or channels.")
-    ] = None,
-    aggregate: Annotated[str, typer.Option("--aggregate", help="l1, l2, mean or max (--structure).")] = "l1",
-    shuffle: Annotated[
-        bool, typer.Option("--shuffle", help="Permute each layer's mask (sanity check).")
-    ] = False,
-    invert: Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")] = False,
+    output: opt.OutputFolder,
+    sparsity: opt.Sparsity = None,
+    density: opt.Density = None,
+    scope: opt.Scope = None,
+    allocation: opt.Allocation = "uniform",
+    min_density: opt.MinDensity = 0.0,
+    pattern: opt.Pattern = None,
+    structure: opt.Structure = None,
+    aggregate: opt.Aggregate = "l1",
+    shuffle: opt.Shuffle = False,
+    invert: opt.Invert = False,
     arch: opt.Arch = None,
     arch_args: opt.ArchArgs = None,
     data: opt.Data = None,
