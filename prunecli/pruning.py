@@ -29,6 +29,7 @@ from prunecli.scoring.registry import Method
 from prunecli.selection import (
     KEEP_ALL,
     Threshold,
+    check_keys,
     erk_densities,
     find_threshold,
     floor_count,
@@ -149,7 +150,14 @@ class KeySource:
         return self.method.scorer(name, finite_weights(raw, info.dtype, name), self.seed, out)
 
     def keys(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
-        """Selection keys of `name` (computed in place of its scores)."""
+        """Selection keys of `name` (valid until the next call)."""
+        info = self.ckpt.tensors[name]
+        if self.scores_file is None and self.method.keys is not None:
+            raw = self.ckpt.read(name, self._raw_buf) if raw is None else raw
+            out = self._scores_buf[: info.numel].view(np.uint32)
+            keys = self.method.keys(raw, info.dtype, out)
+            if keys is not None:
+                return check_keys(keys, name, self.invert).reshape(info.shape)
         return scores_to_keys(self.scores(name, raw), name, self.invert)
 
 

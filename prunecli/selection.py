@@ -1,9 +1,9 @@
 """Scores -> masks: exact-count top-k (global or per layer), ERK, N:M, shuffle and invert.
 
 Scores are turned into order-preserving uint32 *keys* (higher key = higher score), so
-selection is integer work. Global top-k is a streamed radix select: a histogram of the top
-16 key bits over every tensor, then a histogram of the low 16 bits inside the one boundary
-bucket. It never concatenates the scores, so memory stays near the largest tensor.
+selection is integer work. Global top-k is streamed: a strided sample bounds the k-th key,
+one counting pass settles it (with a radix select over 16-bit digits as the exact fallback).
+It never concatenates the scores, so memory stays near the largest tensor.
 Exactly k = round(N·d) entries are kept. Ties are broken by flat index: weights are pruned
 in ascending order of (score, flat index), so among equal scores the lower index is pruned
 first (the convention of the reference N:M code, methods.md §9).
@@ -45,6 +45,11 @@ def scores_to_keys(scores: np.ndarray, name: str, invert: bool = False) -> np.nd
         flip = (bits.view(np.int32) >> 31).view(np.uint32)
         flip |= np.uint32(0x80000000)
         bits ^= flip  # negatives: all bits flipped; positives: sign bit set
+    return check_keys(keys, name, invert).reshape(scores.shape)
+
+
+def check_keys(keys: np.ndarray, name: str, invert: bool = False) -> np.ndarray:
+    """Refuse keys of NaN or infinite scores (naming the tensor); reverse them for --invert."""
     if keys.size and (keys.min() <= _NONFINITE_LOW or keys.max() >= _NONFINITE_HIGH):
         raise ScoreError(
             f"scores of {name} contain NaN or infinite values",
@@ -52,7 +57,7 @@ def scores_to_keys(scores: np.ndarray, name: str, invert: bool = False) -> np.nd
         )
     if invert:
         np.invert(keys, out=keys)
-    return keys.reshape(scores.shape)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,20 @@ def _bucket(hist: np.ndarray, need: int) -> tuple[int, int]:
     return b, int(from_top[i] - hist[b])
 
 
+SAMPLE_LIMIT = 1 << 23  # keys in the bounding sample (32 MB)
+SAMPLE_MIN_TOTAL = 1 << 20  # below this, the radix select alone is cheap
+
+
 def find_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: int) -> Threshold:
     """The threshold that keeps exactly the k largest keys among `total`.
 
+    Large inputs first bound the k-th key from a strided sample (pass 1), then count the keys
+    above the bound and gather the few in between (pass 2): cheap comparisons instead of a
+    histogram. If the sample's bounds miss (rare), the radix select settles it. Either way
+    the threshold is the exact k-th largest key, so the result does not depend on the path.
+
     Args:
-        passes: called twice; each call yields every key array once, in flat order.
+        passes: called up to four times; each call yields every key array once, in flat order.
         k: how many to keep (0 <= k <= total).
         total: how many keys the passes yield in all.
     """
@@ -87,6 +101,39 @@ def find_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: in
         return KEEP_NONE
     if k >= total:
         return KEEP_ALL
+    if total >= SAMPLE_MIN_TOTAL:
+        found = _threshold_from_sample(passes, k, total)
+        if found is not None:
+            return found
+    return _radix_threshold(passes, k, total)
+
+
+def _threshold_from_sample(
+    passes: Callable[[], Iterable[np.ndarray]], k: int, total: int
+) -> Threshold | None:
+    stride = max(1, -(-total // SAMPLE_LIMIT))
+    sample = np.concatenate([keys.reshape(-1)[::stride] for keys in passes()])
+    m = sample.size
+    position = m - k / stride  # where the k-th largest falls in the sorted sample
+    margin = 8 * math.sqrt(m * (k / total) * (1 - k / total)) + 8
+    lo_rank, hi_rank = max(0, int(position - margin)), min(m - 1, int(position + margin))
+    lo, hi = np.partition(sample, [lo_rank, hi_rank])[[lo_rank, hi_rank]]
+    above, between = 0, []
+    for keys in passes():
+        for part in _chunks(keys.reshape(-1)):
+            above += int(np.count_nonzero(part > hi))
+            between.append(part[(part >= lo) & (part <= hi)])
+    candidates = np.concatenate(between)
+    need = k - above  # how many of the candidates are kept
+    if need <= 0 or need > candidates.size:
+        return None
+    value = np.partition(candidates, candidates.size - need)[candidates.size - need]
+    greater = int(np.count_nonzero(candidates > value))
+    return Threshold(int(value), int(np.count_nonzero(candidates == value)) - (need - greater))
+
+
+def _radix_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: int) -> Threshold:
+    """A histogram of the top 16 key bits, then of the low 16 bits inside the boundary bucket."""
     high = np.zeros(_BINS, dtype=np.int64)
     for keys in passes():
         for part in _chunks(keys.reshape(-1)):

@@ -113,3 +113,40 @@ def test_shuffle_keeps_count_and_moves_entries() -> None:
     shuffled = shuffle_mask(mask, np.random.default_rng(0))
     assert shuffled.sum() == mask.sum() and shuffled.shape == mask.shape
     assert not np.array_equal(shuffled, mask)
+
+
+def test_magnitude_fast_keys_equal_the_general_path() -> None:
+    from prunecli.scoring.magnitude import magnitude_keys, magnitude_scores
+
+    values = np.random.default_rng(4).standard_normal(10_000).astype(np.float32)
+    values[:4] = [0.0, -0.0, 3e38, -1e-40]
+    fast = magnitude_keys(values, "F32", np.empty(values.size, np.uint32))
+    slow = scores_to_keys(magnitude_scores("w", values, 0), "w")
+    np.testing.assert_array_equal(fast, slow)
+    assert magnitude_keys(values[4:].astype(np.float16), "F16", np.empty(values.size - 4, np.uint32)) is None
+
+
+@pytest.mark.parametrize("k", [1, 1000, 1_500_000, 2_999_999])
+def test_sampled_threshold_equals_radix_on_large_inputs(k: int) -> None:
+    from prunecli.selection import _radix_threshold, _threshold_from_sample
+
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.standard_normal(2_000_000), rng.integers(-3, 4, 1_000_000) / 2])
+    parts = np.split(values.astype(np.float32), [1_234_567, 2_500_000])
+    keys = [scores_to_keys(p.copy(), "t") for p in parts]
+    sampled = _threshold_from_sample(lambda: keys, k, 3_000_000)
+    assert sampled is None or sampled == _radix_threshold(lambda: keys, k, 3_000_000)
+    got = np.concatenate([m.ravel() for m in streamed(parts, k)])  # the public path, sample or not
+    np.testing.assert_array_equal(got, reference_mask(values.astype(np.float32), k))
+
+
+def test_sample_bounds_that_miss_fall_back_to_radix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunecli import selection
+    from prunecli.selection import _threshold_from_sample
+
+    monkeypatch.setattr(selection, "SAMPLE_LIMIT", 512)  # stride 4096 over 2^21 keys
+    keys = np.arange(1 << 21, dtype=np.uint32) + np.uint32(0x80000000)
+    shuffled = keys.copy()
+    shuffled[::4096] = np.uint32(0x80000000)  # the strided sample sees only the smallest key
+    assert _threshold_from_sample(lambda: [shuffled], 10, shuffled.size) is None
+    assert find_threshold(lambda: [shuffled], 10, shuffled.size).key == int(shuffled.max()) - 9

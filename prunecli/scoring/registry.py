@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # A per-tensor scorer: (name, float32 weights, seed, out) -> float32 scores of the same shape.
 # `out` is an optional reusable float32 buffer of the right size that the scorer may fill.
 TensorScorer = Callable[[str, np.ndarray, int, np.ndarray | None], np.ndarray]
+# A fast path from raw weights straight to selection keys: (raw, dtype name, out) -> keys, or
+# None where it does not apply (then the scores go through prunecli.selection.scores_to_keys).
+KeyFunction = Callable[[np.ndarray, str, np.ndarray], "np.ndarray | None"]
 # A model scorer: a live model, calibration batches and options -> scores (and final masks).
 ModelScorer = Callable[["ScoringContext"], "ScoreResult"]
 
@@ -38,6 +41,7 @@ class Method:
     paper: str
     needs: str
     scorer: TensorScorer | None = None
+    keys: KeyFunction | None = None
     model_scorer: ModelScorer | None = None
     data: str = "none"
     bn_mode: str = "eval"
@@ -58,11 +62,17 @@ def _add(method: Method) -> None:
     _METHODS[method.name] = method
 
 
-def register(name: str, *, summary: str, paper: str, needs: str) -> Callable[[TensorScorer], TensorScorer]:
-    """Add a per-tensor scorer (no model, no data) to the registry under `name`."""
+def register(
+    name: str, *, summary: str, paper: str, needs: str, keys: KeyFunction | None = None
+) -> Callable[[TensorScorer], TensorScorer]:
+    """Add a per-tensor scorer (no model, no data) to the registry under `name`.
+
+    `keys` optionally computes the selection keys straight from raw weights (same result as
+    scoring then `scores_to_keys`, at a fraction of the cost), for `apply`'s streamed passes.
+    """
 
     def decorate(fn: TensorScorer) -> TensorScorer:
-        _add(Method(name, summary, paper, needs, scorer=fn))
+        _add(Method(name, summary, paper, needs, scorer=fn, keys=keys))
         return fn
 
     return decorate
