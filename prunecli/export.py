@@ -31,14 +31,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +44,15 @@ import numpy as np
 
 from prunecli import __version__
 from prunecli.errors import InputError, PruneError, UsageError
+from prunecli.onnx_sparse import (
+    TensorRecord,
+    check_model,
+    fit_ir_version,
+    require_onnx,
+    runtime_max_ir_version,
+    session_options,
+    sparsify,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -54,9 +61,7 @@ if TYPE_CHECKING:
 DTYPES = ("float32", "float16")
 TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2)}  # default (atol, rtol) per dtype
 OPSETS = (7, 20)  # what the TorchScript exporter writes
-INDEX_BYTES = 8  # int64 COO indices: the default onnx.checker requires int64
 PROTO_LIMIT = 2**31 - 1  # protobuf's limit on one serialized message
-EXTRA_HINT = "install the extra: pip install 'prunecli[onnx]'"
 _SHAPE_HINT = "give one example's shape without the batch dimension, e.g. --input-shape 3x32x32"
 
 
@@ -107,21 +112,6 @@ class ExportRequest:
     def tolerances(self) -> tuple[float, float]:
         atol, rtol = TOLERANCES[self.dtype]
         return (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    """One initializer of the written file: how many nonzeros it has and how it is stored."""
-
-    name: str
-    shape: list[int]
-    dtype: str  # ONNX element type, e.g. FLOAT
-    numel: int
-    nonzeros: int
-    density: float
-    stored: str  # "sparse" or "dense"
-    bytes: int  # payload bytes as stored (values, plus int64 indices when sparse)
-    aliases: list[str]  # other tensor names that share this initializer (through Identity nodes)
 
 
 @dataclass(frozen=True)
@@ -200,12 +190,12 @@ def export_onnx(request: ExportRequest) -> ExportReport:
     proto, export_notes = _torch_export(model, x, len(reference), request.static_batch is None, request.opset)
     notes += export_notes
     del model  # the weights live on in `proto`; free torch's copy before verification
-    notes += _fit_ir_version(proto, min(onnx.IR_VERSION, runtime_max_ir_version()))
+    notes += fit_ir_version(proto, min(onnx.IR_VERSION, runtime_max_ir_version()))
     metadata = _metadata(request, shape, weights_sha256, manifest)
     onnx.helper.set_model_props(proto, metadata)
     dense_bytes = proto.ByteSize()
     tensors = sparsify(proto, request.sparse_threshold)
-    _check_model(onnx, proto)
+    check_model(onnx, proto)
     data = proto.SerializeToString()
     check = _verify(ort, data, x, reference, *request.tolerances()) if request.verify else None
     _write_atomically(request.output, data)
@@ -231,61 +221,6 @@ def export_onnx(request: ExportRequest) -> ExportReport:
     )
 
 
-def require_onnx() -> tuple[Any, Any]:
-    """Import onnx and onnxruntime, or raise UsageError naming the extra to install."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:
-        missing = exc.name or "onnx/onnxruntime"
-        raise UsageError(f"prunecli export needs {missing}, which is not installed", EXTRA_HINT) from None
-    return onnx, onnxruntime
-
-
-@lru_cache(maxsize=1)
-def runtime_max_ir_version() -> int:
-    """The highest ONNX IR version the installed onnxruntime loads.
-
-    onnxruntime has no API for it, so a one-node model stamped with onnx's IR version is loaded;
-    when refused, the limit is read from the error ("max supported IR version: 13"), else lower
-    versions are tried one by one.
-
-    Example:
-        >>> runtime_max_ir_version()  # onnxruntime 1.32
-        14
-    """
-    onnx, _ = require_onnx()
-    error = _probe_ir(onnx.IR_VERSION)
-    if error is None:
-        return onnx.IR_VERSION
-    found = re.search(r"max supported IR version: (\d+)", error)
-    if found:
-        return min(int(found.group(1)), onnx.IR_VERSION)
-    for version in range(onnx.IR_VERSION - 1, 6, -1):
-        if _probe_ir(version) is None:
-            return version
-    raise PruneError("onnxruntime loads no ONNX IR version from 7 up", "reinstall onnxruntime")
-
-
-def _probe_ir(version: int) -> str | None:
-    """None if onnxruntime loads a one-node model of this IR version, else its error message."""
-    onnx, ort = require_onnx()
-    h = onnx.helper
-    value = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    graph = h.make_graph(
-        [h.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [value],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=version)
-    try:
-        ort.InferenceSession(model.SerializeToString(), _session_options(ort), ["CPUExecutionProvider"])
-    except Exception as exc:
-        return str(exc)
-    return None
-
-
 def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
     """The weights file and the manifest (None for a plain checkpoint) that `path` names."""
     from prunecli.checkpoints import require_file
@@ -305,81 +240,6 @@ def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
         return weights, manifest
     require_file(path, "checkpoint")
     return path, None
-
-
-def sparsify(proto: onnx.ModelProto, threshold: float) -> list[TensorRecord]:
-    """Move every float initializer with density below `threshold` to `sparse_initializer`, in place.
-
-    A sparse tensor holds the nonzero values (1-D) and their int64 row-major flat indices (1-D,
-    ascending); -0.0 counts as zero. Returns one record per initializer, in graph order.
-    """
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    aliases = _aliases(graph)
-    dense, records = [], []
-    for init in graph.initializer:
-        values = numpy_helper.to_array(init)
-        nonzeros = int(np.count_nonzero(values))
-        density = nonzeros / values.size if values.size else 1.0
-        sparse = values.dtype.kind == "f" and density < threshold
-        if sparse:
-            flat = np.flatnonzero(values)  # (nnz,) row-major flat indices, ascending
-            graph.sparse_initializer.append(
-                helper.make_sparse_tensor(
-                    numpy_helper.from_array(values.reshape(-1)[flat], init.name),  # (nnz,)
-                    numpy_helper.from_array(flat.astype(np.int64)),
-                    list(values.shape),
-                )
-            )
-        else:
-            dense.append(init)
-        records.append(
-            TensorRecord(
-                name=init.name,
-                shape=list(values.shape),
-                dtype=helper.tensor_dtype_to_string(init.data_type).removeprefix("TensorProto."),
-                numel=int(values.size),
-                nonzeros=nonzeros,
-                density=density,
-                stored="sparse" if sparse else "dense",
-                bytes=nonzeros * (values.itemsize + INDEX_BYTES) if sparse else values.nbytes,
-                aliases=aliases.get(init.name, []),
-            )
-        )
-    del graph.initializer[:]
-    graph.initializer.extend(dense)
-    return records
-
-
-def _aliases(graph: onnx.GraphProto) -> dict[str, list[str]]:
-    names = {init.name for init in graph.initializer}
-    found: dict[str, list[str]] = {}
-    for node in graph.node:
-        if node.op_type == "Identity" and node.input[0] in names:
-            found.setdefault(node.input[0], []).append(node.output[0])
-    return found
-
-
-def _check_model(onnx: Any, proto: onnx.ModelProto) -> None:
-    """onnx.checker in its default mode (the strict modes reject sparse initializers)."""
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-        raise PruneError(
-            f"the exported model fails onnx.checker: {first}",
-            "report it with the model; PRUNECLI_DEBUG=1 shows the traceback",
-        ) from exc
-
-
-def _fit_ir_version(proto: onnx.ModelProto, highest: int) -> list[str]:
-    """Lower the IR version to what onnx and onnxruntime read (the exporter's is usually lower)."""
-    if proto.ir_version <= highest:
-        return []
-    note = f"IR version lowered from {proto.ir_version} to {highest} for the installed onnxruntime"
-    proto.ir_version = highest
-    return [note]
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -533,18 +393,12 @@ def _opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _session_options(ort: Any) -> Any:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: onnxruntime's warnings would clutter stderr
-    return options
-
-
 def _verify(
     ort: Any, data: bytes, x: np.ndarray, reference: list[np.ndarray], atol: float, rtol: float
 ) -> Verification:
     """Run the serialized model in onnxruntime on `x` and compare with torch's outputs."""
     start = time.perf_counter()
-    session = ort.InferenceSession(data, _session_options(ort), ["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, session_options(ort), ["CPUExecutionProvider"])
     got = session.run(None, {"input": x})
     abs_err, rel_err, mismatched = 0.0, 0.0, 0
     for ours, want in zip(got, reference, strict=True):

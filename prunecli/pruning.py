@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from prunecli.dtypes import as_unsigned, finite_weights
 from prunecli.errors import InputError, UsageError
 from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
+from prunecli.progress import NoProgress, Progress
 from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.random_baseline import tensor_rng
 from prunecli.scoring.registry import Method
@@ -47,21 +48,6 @@ MODEL_FILE = "model.safetensors"
 MASKS_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
 SHUFFLE_STREAM = 1  # random-stream id for --shuffle, distinct from random scores
-
-
-class Progress(Protocol):
-    """What the pipeline reports: a stage with a total, then one step per tensor."""
-
-    def stage(self, description: str, total: int) -> None: ...
-    def advance(self) -> None: ...
-
-
-class _Silent:
-    def stage(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -358,7 +344,7 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
     Returns:
         The manifest (also written). Nothing is left in `req.out` if anything fails.
     """
-    progress = progress or _Silent()
+    progress = progress or NoProgress()
     req.spec.validate()
     if not req.names:
         raise InputError("no tensor is prunable", "choose tensors with --include GLOB")

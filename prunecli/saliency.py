@@ -179,7 +179,8 @@ def run_method(
     import torch
 
     from prunecli.data import check_labels
-    from prunecli.scoring.context import ScoringContext, _NoProgress
+    from prunecli.progress import NoProgress
+    from prunecli.scoring.context import ScoringContext
     from prunecli.scoring.losses import check_loss, default_loss
 
     _validate(req)
@@ -207,7 +208,7 @@ def run_method(
     ctx = ScoringContext(
         model=model, names=names, batches=batches, loss=loss, input_shape=shape, density=req.density,
         iterations=iterations, schedule=req.schedule, temperature=req.temperature,
-        progress=progress or _NoProgress(), options={**req.options, "seed": req.seed},
+        progress=progress or NoProgress(), options={**req.options, "seed": req.seed},
     )  # fmt: skip
     scores = to_float32(req.method.model_scorer(ctx))
     params: dict[str, Any] = {"bn_mode": bn_mode, "dtype": precision, "device": device.type}

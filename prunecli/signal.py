@@ -315,7 +315,7 @@ def approximate_isometry(
         >>> report["penalty_before"], report["penalty_after"]
     """
     from prunecli.masking import load_masks
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UsageError(f"isometry steps must be a whole number >= 0, not {steps!r}", "e.g. 10000")
@@ -323,7 +323,7 @@ def approximate_isometry(
         raise UsageError(f"isometry learning rate must be positive, not {lr!r}", "e.g. 0.1")
     loaded = load_masks(masks)
     _check_isometry_inputs(weights, loaded)
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     new, layers = {}, []
     for name, weight in weights.items():
         progress.stage(f"isometry: {name}", steps)

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file  # noqa: E402
 
 import prunecli.cli.app as app_module  # noqa: E402
 import prunecli.export as export_module  # noqa: E402
+import prunecli.onnx_sparse as onnx_sparse  # noqa: E402
 from prunecli import __version__  # noqa: E402
 from prunecli.cli.app import run  # noqa: E402
 from prunecli.cli.export_cmd import export  # noqa: E402
@@ -247,9 +248,9 @@ def test_verify_mismatch_exits_1(cli, pruned, tmp_path: Path, monkeypatch: pytes
 
 def test_ir_version_fits_the_runtime(cli, pruned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     highest = runtime_max_ir_version()
-    assert export_module._probe_ir(highest) is None
+    assert onnx_sparse._probe_ir(highest) is None
     if highest < onnx.IR_VERSION:
-        assert "IR version" in export_module._probe_ir(highest + 1)
+        assert "IR version" in onnx_sparse._probe_ir(highest + 1)
     monkeypatch.setattr(export_module, "runtime_max_ir_version", lambda: 8)
     path = tmp_path / "m.onnx"
     r = cli("export", pruned("lenet-5"), "--arch", "lenet-5", "-o", path, "--verify")

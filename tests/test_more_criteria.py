@@ -190,12 +190,12 @@ def test_taylor_fisher_is_the_mean_of_per_sample_squares() -> None:
 
 
 def test_taylor_per_neuron_aggregates() -> None:
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.functional import leaf_weights, mean_gradient
 
     rows = taylor_scores(n0(), NAMES, [(X, Y)])["fc1.weight"]  # (2, 3)
     theta = leaf_weights(n0(), NAMES)
-    grads = mean_gradient(n0(), theta, [(X, Y)], "ce", _NoProgress())
+    grads = mean_gradient(n0(), theta, [(X, Y)], "ce", NoProgress())
     signed = (grads["fc1.weight"] * theta["fc1.weight"]).detach()  # gθ of W1, (2, 3)
     w1 = theta["fc1.weight"].detach()
     close(rows.sum(1).numpy(), [1.213251, 1.942664])  # Σ(gθ)²

@@ -5,18 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from prunecli.progress import NoProgress, Progress
+
 if TYPE_CHECKING:
     import torch
 
 Batch = tuple["torch.Tensor", "torch.Tensor | None"]
-
-
-class _NoProgress:
-    def stage(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self) -> None:
-        pass
 
 
 @dataclass
@@ -35,7 +29,7 @@ class ScoringContext:
     iterations: int = 1
     schedule: str = "exp"
     temperature: float = 200.0
-    progress: object = field(default_factory=_NoProgress)
+    progress: Progress = field(default_factory=NoProgress)
     # method-specific settings: hessian, hutchinson_samples, obd_first_order, fisher, max_params, seed
     options: dict[str, Any] = field(default_factory=dict)
 

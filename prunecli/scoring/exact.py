@@ -52,9 +52,9 @@ def exact_scores(
     """
     import torch
 
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     check_counts(max_params=max_params, chunk_size=chunk_size or 1)
     params = dict(model.named_parameters())
     oracle = _Oracle(vmappable(model), {n: params[n].detach() for n in names}, batches, loss)

@@ -36,10 +36,11 @@ def iterative_snip_scores(
     """(last step's scores, final masks); `revive=True` is FORCE, False is Iter-SNIP."""
     import torch
 
-    from prunecli.scoring.context import _NoProgress, schedule_densities
+    from prunecli.progress import NoProgress
+    from prunecli.scoring.context import schedule_densities
     from prunecli.scoring.functional import keep_top, leaf_weights, mean_gradient, step_counts
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     theta0 = {n: w.detach() for n, w in leaf_weights(model, names).items()}
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in theta0.items()}
     total = sum(w.numel() for w in theta0.values())

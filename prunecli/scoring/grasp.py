@@ -30,10 +30,10 @@ def grasp_scores(
     """Keep-scores +θ⊙Hg summed over `batches` (higher = keep)."""
     import torch
 
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.functional import batch_loss, leaf_weights
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     theta = leaf_weights(model, names)
     leaves = list(theta.values())
     g = [torch.zeros_like(w) for w in leaves]

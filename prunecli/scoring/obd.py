@@ -56,10 +56,10 @@ def obd_scores(
     Example:
         >>> scores = obd_scores(model, ["fc1.weight", "fc2.weight"], [(x, y)], hessian="exact")
     """
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.functional import leaf_weights, mean_gradient
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     diagonal = hessian_diagonal(
         model, names, batches, loss, hessian=hessian, samples=samples, seed=seed,
         max_params=max_params, chunk_size=chunk_size, progress=progress,
@@ -86,11 +86,11 @@ def hessian_diagonal(
     progress: object = None,
 ) -> dict[str, torch.Tensor]:
     """H_jj of the loss averaged over `batches`, for each named weight (see `obd_scores`)."""
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.exact import check_counts, vmappable
     from prunecli.scoring.taylor import empirical_fisher
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     _check_hessian(hessian)
     check_counts(hutchinson_samples=samples, max_params=max_params)
     if hessian == "fisher":

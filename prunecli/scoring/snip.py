@@ -27,11 +27,11 @@ def snip_scores(
     Example:
         >>> scores = snip_scores(model, ["fc1.weight", "fc2.weight"], [(x, y)])
     """
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.functional import leaf_weights, mean_gradient
 
     theta = leaf_weights(model, names)
-    grads = mean_gradient(model, theta, batches, loss, progress or _NoProgress())
+    grads = mean_gradient(model, theta, batches, loss, progress or NoProgress())
     return {n: (grads[n] * theta[n].detach()).abs() for n in names}
 
 

@@ -53,10 +53,10 @@ def snip_it_steps(
     """Yield (sparsity, elasticity, mask) after each step; pruned weights score −1."""
     import torch
 
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.functional import keep_top, leaf_weights, step_counts
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     theta0 = {n: w.detach() for n, w in leaf_weights(model, names).items()}
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in theta0.items()}
     schedule = snip_it_schedule(1.0 - density, steps)

@@ -34,10 +34,11 @@ def synflow_scores(
     import torch
     from torch.func import functional_call
 
-    from prunecli.scoring.context import _NoProgress, schedule_densities
+    from prunecli.progress import NoProgress
+    from prunecli.scoring.context import schedule_densities
     from prunecli.scoring.functional import keep_top, leaf_weights, step_counts
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     positive = copy.deepcopy(model)
     with torch.no_grad():
         for tensor in positive.state_dict().values():  # parameters and buffers, as [SF]

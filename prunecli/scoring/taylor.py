@@ -42,10 +42,10 @@ def taylor_scores(
     Example:
         >>> scores = taylor_scores(model, ["fc1.weight", "fc2.weight"], [(x, y)], fisher=True)
     """
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.functional import leaf_weights, mean_gradient
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     if fisher:
         theta = {n: w.detach() for n, w in leaf_weights(model, names).items()}
         diagonal = empirical_fisher(model, names, batches, loss, chunk_size, progress)
@@ -71,11 +71,11 @@ def empirical_fisher(
     import torch
     from torch.func import functional_call, grad, vmap
 
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
     from prunecli.scoring.exact import vmappable
     from prunecli.scoring.losses import compute_loss
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     _refuse_train_mode_batch_norm(model)
     net = vmappable(model)
     params = dict(model.named_parameters())

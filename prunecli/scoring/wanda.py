@@ -35,9 +35,9 @@ def wanda_scores(
     """
     import torch
 
-    from prunecli.scoring.context import _NoProgress
+    from prunecli.progress import NoProgress
 
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     modules = _layers(model, names)
     squares: dict[str, torch.Tensor] = {}  # name -> Σ_tokens x_j², (in·kh·kw,)
     hooks = [
