@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -173,29 +172,47 @@ WORKERS = {
 # --------------------------------------------------------------------------------------
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds all processes on the machine have used so far (/proc/stat), or NaN."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(label: str, argv: list[str], env: dict[str, str], log: Path) -> dict:
-    """Run argv as one child; wall time spawn..reap, that child's ru_maxrss and CPU time."""
+    """Run argv as one child; wall time spawn..reap, that child's ru_maxrss and CPU time.
+
+    `others_cpu_s` is the CPU time the rest of the machine used meanwhile: a contention
+    flag (a run with a large figure there was slowed by something else).
+    """
     with log.open("ab") as out:
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
+        busy = _busy_cpu_s()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        busy = _busy_cpu_s() - busy
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{label} failed with exit code {proc.returncode}; see {log}")
+    cpu = usage.ru_utime + usage.ru_stime
     return {
         "label": label,
         "wall_s": wall,
         "rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": cpu,
+        "others_cpu_s": max(0.0, busy - cpu),
         "argv": argv,
     }
 
 
-def run_quiet(argv: list[str], env: dict[str, str], log: Path) -> str:
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+def run_quiet(argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> str:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd)
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
     if result.returncode != 0:
@@ -203,16 +220,39 @@ def run_quiet(argv: list[str], env: dict[str, str], log: Path) -> str:
     return result.stdout
 
 
-def settle(path: Path, cache: str) -> None:
-    """Flush dirty pages, then make the source warm (read once) or cold (drop caches)."""
+def settle(path: Path, opts: argparse.Namespace) -> None:
+    """Put the machine in the same state before every measured run.
+
+    Flush dirty pages; make the source warm (read once) or cold (drop caches); with
+    --prefault, write and delete a scratch file as large as the checkpoint, so that the run
+    writes into page-cache memory that was just in use (on VMs that hand idle memory back
+    to the host, first-touch writes are several times slower and vary from run to run);
+    then wait (up to --wait-quiet seconds) until the rest of the machine is idle.
+    """
     os.sync()
-    if cache == "cold":
+    if opts.cache == "cold":
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return
-    buf = bytearray(4 * MIB)
-    with path.open("rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
+    else:
+        buf = bytearray(4 * MIB)
+        with path.open("rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    if opts.prefault:
+        scratch = opts.work / ".prefault"
+        block = bytes(4 * MIB)
+        with scratch.open("wb", buffering=0) as f:
+            for _ in range(-(-path.stat().st_size // len(block))):
+                f.write(block)
+        scratch.unlink()
+        os.sync()
+    deadline = time.monotonic() + opts.wait_quiet
+    while time.monotonic() < deadline:
+        busy = _busy_cpu_s()
+        time.sleep(1.0)
+        if _busy_cpu_s() - busy < 0.1:  # under a tenth of a core busy for a second
+            return
+    if opts.wait_quiet:
+        print(f"  (the machine was still busy after {opts.wait_quiet:g} s; measuring anyway)", flush=True)
 
 
 def remove(path: Path) -> None:
@@ -231,7 +271,13 @@ def generate(path: Path, params: float, hidden: int, dtype: str, seed: int, env,
     tag = json.dumps([params, hidden, dtype, seed])
     stamp = path.with_suffix(".spec")
     if reuse and path.exists() and stamp.exists() and stamp.read_text() == tag:
-        return {"label": "generate (reused)", "wall_s": 0.0, "rss_mib": 0.0, "cpu_s": 0.0}
+        return {
+            "label": "generate (reused)",
+            "wall_s": 0.0,
+            "rss_mib": 0.0,
+            "cpu_s": 0.0,
+            "others_cpu_s": 0.0,
+        }
     remove(path)
     argv = [sys.executable, __file__, "_generate", str(path), repr(params), str(hidden), dtype, str(seed)]
     result = measure("generate", argv, env, log)
@@ -281,14 +327,14 @@ def case_a(opts, env, log) -> dict:
     runs: list[dict] = []
     check: dict = {}
     for rep in range(opts.repeat):
-        settle(ckpt, opts.cache)
+        settle(ckpt, opts)
         base = measure(
             "torch prune.global_unstructured",
             [sys.executable, __file__, "_torch_baseline", str(ckpt), str(torch_out), repr(opts.sparsity)],
             env,
             log,
         )
-        settle(ckpt, opts.cache)
+        settle(ckpt, opts)
         ours = measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log)
         runs.append({"baseline": base, "prunecli": ours})
         if rep == 0:
@@ -315,7 +361,7 @@ def case_b(opts, env, log) -> dict:
     runs: list[dict] = []
     check: dict = {}
     for rep in range(opts.repeat):
-        settle(ckpt, opts.cache)
+        settle(ckpt, opts)
         base = measure(
             "streamed copy (write floor)",
             [sys.executable, __file__, "_copy", str(ckpt), str(copy_out)],
@@ -323,7 +369,7 @@ def case_b(opts, env, log) -> dict:
             log,
         )
         remove(copy_out)
-        settle(ckpt, opts.cache)
+        settle(ckpt, opts)
         ours = measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log)
         runs.append({"baseline": base, "prunecli": ours})
         if rep == 0:
@@ -337,8 +383,9 @@ def case_b(opts, env, log) -> dict:
     return {"facts": facts, "generate": gen, "runs": runs, "check": check}
 
 
-def _median(runs: list[dict], who: str, key: str) -> float:
-    return statistics.median(r[who][key] for r in runs)
+def _best(runs: list[dict], who: str, key: str) -> float:
+    """The least-disturbed figure: the minimum over the repeats (RSS barely varies)."""
+    return min(r[who][key] for r in runs)
 
 
 def _row(case: str, metric: str, value: float, target: str) -> dict:
@@ -350,19 +397,19 @@ def _row(case: str, metric: str, value: float, target: str) -> dict:
 
 
 def summarize(results: dict) -> list[dict]:
-    """Median figures and ratios per case, with pass/fail against the targets."""
+    """Best-of-repeats figures and ratios per case, with pass/fail against the targets."""
     rows = []
     if "A" in results:
         runs = results["A"]["runs"]
-        bw, pw = _median(runs, "baseline", "wall_s"), _median(runs, "prunecli", "wall_s")
-        br, pr = _median(runs, "baseline", "rss_mib"), _median(runs, "prunecli", "rss_mib")
+        bw, pw = _best(runs, "baseline", "wall_s"), _best(runs, "prunecli", "wall_s")
+        br, pr = _best(runs, "baseline", "rss_mib"), _best(runs, "prunecli", "rss_mib")
         rows.append(_row("A", "speed-up (torch wall / prunecli wall)", bw / pw, "a_speedup"))
         rows.append(_row("A", "memory ratio (torch RSS / prunecli RSS)", br / pr, "a_mem_ratio"))
     if "B" in results:
         runs = results["B"]["runs"]
         size_mib = results["B"]["facts"]["bytes"] / MIB
-        cw, pw = _median(runs, "baseline", "wall_s"), _median(runs, "prunecli", "wall_s")
-        pr = _median(runs, "prunecli", "rss_mib")
+        cw, pw = _best(runs, "baseline", "wall_s"), _best(runs, "prunecli", "wall_s")
+        pr = _best(runs, "prunecli", "rss_mib")
         rows.append(_row("B", "prunecli RSS / checkpoint size", pr / size_mib, "b_rss_over_size"))
         rows.append(_row("B", "prunecli wall / copy wall", pw / cw, "b_wall_over_copy"))
     return rows
@@ -371,15 +418,19 @@ def summarize(results: dict) -> list[dict]:
 def print_report(opts, results: dict, rows: list[dict]) -> None:
     print()
     print(f"machine: {os.cpu_count()} CPUs, {_mem_total_gib():.1f} GiB RAM; python {sys.version.split()[0]}")
-    print(f"cache: {opts.cache}; repeats: {opts.repeat}; sparsity {opts.sparsity}; seed {opts.seed}")
+    print(
+        f"cache: {opts.cache}; prefault: {opts.prefault}; repeats: {opts.repeat}; "
+        f"sparsity {opts.sparsity}; seed {opts.seed}"
+    )
     if opts.quick:
         print("--quick: sizes are far too small for the ratios to mean anything; this is a smoke test")
-    prefixes = ("MALLOC_", "PYTHONMALLOC", "OMP_", "MKL_", "LD_PRELOAD")
+    prefixes = ("MALLOC_", "PYTHONMALLOC", "PYTHONPATH", "OMP_", "MKL_", "LD_PRELOAD")
     alloc = {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
     print(f"allocator/threads env (same for every child): {alloc or 'none set'}")
+    print(f"prunecli under test: {opts.prunecli_origin}")
     print()
-    print("| case | checkpoint | command | run | wall s | CPU s | peak RSS MiB |")
-    print("|---|---|---|---|---:|---:|---:|")
+    print("| case | checkpoint | command | run | wall s | CPU s | peak RSS MiB | others' CPU s |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
     for case, res in results.items():
         f = res["facts"]
         desc = f"{f['params'] / 1e6:,.1f}M params, {f['bytes'] / 1e9:.2f} GB, {f['tensors']} tensors"
@@ -388,13 +439,13 @@ def print_report(opts, results: dict, rows: list[dict]) -> None:
                 m = run[who]
                 print(
                     f"| {case} | {desc} | {m['label']} | {i} | {m['wall_s']:.2f} | {m['cpu_s']:.2f} "
-                    f"| {m['rss_mib']:,.0f} |"
+                    f"| {m['rss_mib']:,.0f} | {m['others_cpu_s']:.1f} |"
                 )
         g = res["generate"]
         print(f"| {case} | {desc} | (generate checkpoint) | - | {g['wall_s']:.2f} | {g['cpu_s']:.2f} "
-              f"| {g['rss_mib']:,.0f} |")  # fmt: skip
+              f"| {g['rss_mib']:,.0f} | {g.get('others_cpu_s', 0.0):.1f} |")  # fmt: skip
     print()
-    print("| case | ratio (medians) | measured | target | met |")
+    print("| case | ratio (best of repeats) | measured | target | met |")
     print("|---|---|---:|---|---|")
     for r in rows:
         met = "yes" if r["met"] else "NO"
@@ -402,6 +453,11 @@ def print_report(opts, results: dict, rows: list[dict]) -> None:
     print()
     for case, res in results.items():
         print(f"case {case} check: {json.dumps(res['check'])}")
+    busy = [m for res in results.values() for run in res["runs"] for m in run.values()]
+    if any(m["others_cpu_s"] > 0.1 * m["wall_s"] for m in busy):
+        print(
+            "warning: other processes used the CPU during some runs (others' CPU s); rerun on a quiet machine"
+        )
     own = _self_rss_mib()
     print(f"driver peak RSS: {own:.0f} MiB (a lower bound folded into every child's figure)")
 
@@ -439,6 +495,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="warm",
         help="before each run: read the checkpoint once (warm) or drop the page cache (cold, root)",
     )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120.0,
+        help="before each run, wait up to this many seconds for other processes to go idle (0: don't)",
+    )
+    p.add_argument(
+        "--prefault",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="before each run, write and delete a checkpoint-sized scratch file (see settle())",
+    )
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="working folder (benchmarks/_work)")
     p.add_argument("--keep", action="store_true", help="keep generated checkpoints and the log")
     p.add_argument("--reuse", action="store_true", help="reuse a generated checkpoint with the same spec")
@@ -465,6 +533,8 @@ def main(argv: list[str]) -> int:
     log = opts.work / "bench.log"
     env = dict(os.environ)  # one environment, allocator settings included, for every child
     env.setdefault("PYTHONUNBUFFERED", "1")
+    origin = [sys.executable, "-c", "import prunecli; print(prunecli.__version__, prunecli.__file__)"]
+    opts.prunecli_origin = run_quiet(origin, env, log, cwd=opts.work).strip()  # no ./prunecli on path
     results: dict = {}
     ok = False
     try:
@@ -481,7 +551,7 @@ def main(argv: list[str]) -> int:
         ok = True
     finally:
         if not opts.keep:
-            for path in sorted(opts.work.glob("case_*")):
+            for path in [*sorted(opts.work.glob("case_*")), opts.work / ".prefault"]:
                 remove(path)
             if ok:
                 remove(log)
