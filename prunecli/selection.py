@@ -160,10 +160,20 @@ def threshold_mask(keys: np.ndarray, threshold: Threshold, skip_left: int) -> tu
     return mask.reshape(keys.shape), 0
 
 
+def global_masks(keys: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """Exact top-k keep masks over in-memory key arrays taken together, in flat order."""
+    threshold = find_threshold(lambda: keys, k, sum(key.size for key in keys))
+    skip, masks = threshold.skip, []
+    for key in keys:
+        mask, used = threshold_mask(key, threshold, skip)
+        skip -= used
+        masks.append(mask)
+    return masks
+
+
 def topk_mask(keys: np.ndarray, k: int) -> np.ndarray:
     """The exact top-k mask of one tensor (among ties the lower flat index is pruned)."""
-    threshold = find_threshold(lambda: [keys], k, keys.size)
-    return threshold_mask(keys, threshold, threshold.skip)[0]
+    return global_masks([keys], k)[0]
 
 
 def keep_count(numel: int, density: float) -> int:

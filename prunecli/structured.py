@@ -9,12 +9,10 @@ their shapes with zeroed filters or channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import numpy as np
 
 from prunecli.errors import UsageError
-from prunecli.selection import find_threshold, keep_count, scores_to_keys, threshold_mask
+from prunecli.selection import global_masks, keep_count, scores_to_keys, topk_mask
 
 STRUCTURES = ("filter", "channel")
 AGGREGATES = ("l1", "l2", "mean", "max")
@@ -59,16 +57,6 @@ def select_groups(
     """
     keys = {n: scores_to_keys(a.astype(np.float32), n) for n, a in aggregates.items()}
     if densities is not None:
-        masks = {}
-        for name, key in keys.items():
-            threshold = find_threshold(lambda key=key: [key], keep_count(key.size, densities[name]), key.size)
-            masks[name] = threshold_mask(key, threshold, threshold.skip)[0]
-        return masks
-    passes: Callable[[], Iterable[np.ndarray]] = lambda: keys.values()  # noqa: E731
+        return {name: topk_mask(key, keep_count(key.size, densities[name])) for name, key in keys.items()}
     total = sum(k.size for k in keys.values())
-    threshold = find_threshold(passes, keep_count(total, density), total)
-    masks, skip = {}, threshold.skip
-    for name, key in keys.items():
-        masks[name], used = threshold_mask(key, threshold, skip)
-        skip -= used
-    return masks
+    return dict(zip(keys, global_masks(list(keys.values()), keep_count(total, density)), strict=True))

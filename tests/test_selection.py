@@ -10,6 +10,7 @@ from prunecli.selection import (
     KEEP_ALL,
     KEEP_NONE,
     find_threshold,
+    global_masks,
     keep_count,
     nm_mask,
     scores_to_keys,
@@ -28,14 +29,7 @@ def reference_mask(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def streamed(parts: list[np.ndarray], k: int) -> list[np.ndarray]:
-    keys = [scores_to_keys(p.astype(np.float32), "t") for p in parts]
-    threshold = find_threshold(lambda: keys, k, sum(p.size for p in parts))
-    skip, masks = threshold.skip, []
-    for key in keys:
-        mask, used = threshold_mask(key, threshold, skip)
-        skip -= used
-        masks.append(mask)
-    return masks
+    return global_masks([scores_to_keys(p.astype(np.float32), "t") for p in parts], k)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -7,18 +7,11 @@ import pytest
 import torch
 
 from prunecli.scoring.topk import topk_masks
-from prunecli.selection import find_threshold, scores_to_keys, threshold_mask
+from prunecli.selection import global_masks, scores_to_keys
 
 
 def numpy_masks(parts: list[np.ndarray], k: int) -> list[np.ndarray]:
-    keys = [scores_to_keys(p.astype(np.float32), "t") for p in parts]
-    threshold = find_threshold(lambda: keys, k, sum(p.size for p in parts))
-    skip, out = threshold.skip, []
-    for key in keys:
-        mask, used = threshold_mask(key, threshold, skip)
-        skip -= used
-        out.append(mask)
-    return out
+    return global_masks([scores_to_keys(p.astype(np.float32), "t") for p in parts], k)
 
 
 @pytest.mark.parametrize("seed", range(4))

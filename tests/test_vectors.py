@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from prunecli.scoring import get_method
-from prunecli.selection import erk_densities, find_threshold, nm_mask, scores_to_keys, threshold_mask
+from prunecli.selection import (
+    erk_densities,
+    global_masks,
+    nm_mask,
+    scores_to_keys,
+)
 
 # N0: W1 (2, 3), W2 (2, 2)
 W1 = np.array([[0.5, -1, 0.25], [1, 0.5, -0.5]], np.float32)
@@ -17,16 +22,10 @@ def score(method: str, name: str, w: np.ndarray, seed: int = 0) -> np.ndarray:
     return get_method(method).scorer(name, w, seed, None)
 
 
-def global_masks(scores: list[np.ndarray], k: int) -> list[np.ndarray]:
-    """Exact global top-k through the streamed radix select, as apply runs it."""
+def exact_masks(scores: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """Exact global top-k as apply selects it, as 0/1 arrays."""
     keys = [scores_to_keys(s.copy(), f"t{i}") for i, s in enumerate(scores)]
-    threshold = find_threshold(lambda: keys, k, sum(s.size for s in scores))
-    skip, masks = threshold.skip, []
-    for key in keys:
-        mask, used = threshold_mask(key, threshold, skip)
-        skip -= used
-        masks.append(mask.astype(int))
-    return masks
+    return [mask.astype(int) for mask in global_masks(keys, k)]
 
 
 def test_magnitude_scores_are_abs_weights() -> None:
@@ -35,7 +34,7 @@ def test_magnitude_scores_are_abs_weights() -> None:
 
 
 def test_magnitude_keep_three_breaks_ties_by_flat_index() -> None:
-    m1, m2 = global_masks([score("magnitude", "W1", W1), score("magnitude", "W2", W2)], 3)
+    m1, m2 = exact_masks([score("magnitude", "W1", W1), score("magnitude", "W2", W2)], 3)
     # W2[1,1]=2 and W2[1,0]=1.5, then the last of the three tied 1.0s (flat 1, 3, 6): W2[0,0]
     np.testing.assert_array_equal(m1, [[0, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(m2, [[1, 0], [1, 1]])
@@ -46,7 +45,7 @@ def test_random_keeps_exact_count_and_expected_density() -> None:
     fractions = []
     for seed in range(20):
         scores = [score("random", n, np.zeros(s, np.float32), seed) for n, s in shapes.items()]
-        masks = global_masks(scores, k=3430)
+        masks = exact_masks(scores, k=3430)
         assert sum(int(m.sum()) for m in masks) == 3430
         fractions.append([m.mean() for m in masks])
     np.testing.assert_allclose(np.mean(fractions, axis=0), 0.1, atol=0.01)
@@ -75,7 +74,7 @@ def test_lamp_scores_float64_exact() -> None:
 
 
 def test_lamp_keep_five_globally() -> None:
-    ma, mb = global_masks([score("lamp", "A", A), score("lamp", "B", B)], 5)
+    ma, mb = exact_masks([score("lamp", "A", A), score("lamp", "B", B)], 5)
     np.testing.assert_array_equal(ma, [[0, 1, 0], [1, 0, 1]])
     np.testing.assert_array_equal(mb, [[1, 0], [0, 1]])
 
