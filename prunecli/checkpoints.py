@@ -176,6 +176,14 @@ _TORCH_TO_ST = {
 }  # fmt: skip
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name."""
+    import torch
+
+    inverse = {st: key for key, st in _TORCH_TO_ST.items()}
+    return getattr(torch, inverse[name])
+
+
 def torch_dtype_name(tensor: torch.Tensor) -> str:
     """The safetensors dtype name of a torch tensor."""
     key = str(tensor.dtype).removeprefix("torch.")

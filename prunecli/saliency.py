@@ -8,6 +8,7 @@ batch-norm mode, run the method, and bring the scores back to the CPU once.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from prunecli.scoring.registry import Method
 if TYPE_CHECKING:
     import torch
 
+    from prunecli.checkpoints import Checkpoint
     from prunecli.data import Calibration
     from prunecli.scoring.context import ScoreResult
 
@@ -56,6 +58,16 @@ class ScoreRequest:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)  # method-specific (see ScoringContext)
+
+
+@dataclass
+class ScoredModel:
+    """A method's float32 scores as a stream (name, array), with what the file needs."""
+
+    scores: Iterator[tuple[str, np.ndarray]]
+    entries: list[tuple[str, tuple[int, ...]]]  # names and shapes, in the stream's order
+    metadata: dict[str, str]
+    notes: list[str]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,29 +108,52 @@ def _validate(req: ScoreRequest) -> None:
 
 
 def _load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]]:
-    """The model with the checkpoint's weights, its prunable names, and notes for the user."""
+    """The model with the checkpoint's weights, its prunable names, and notes for the user.
+
+    The checkpoint is checked against the model from its header alone, then copied in tensor
+    by tensor, so loading holds the model plus one tensor, not two copies of the model.
+    """
     import torch
 
-    from prunecli.checkpoints import open_checkpoint, raw_to_torch
-    from prunecli.models import load_weights, resolve_model
+    from prunecli.checkpoints import open_checkpoint, torch_dtype
+    from prunecli.models import check_weights, resolve_model
     from prunecli.prunable import prunable_names
 
+    model = resolve_model(req.arch, req.arch_args)
     with open_checkpoint(req.checkpoint) as ckpt:
-        tensors = {n: raw_to_torch(ckpt.read(n), i.dtype) for n, i in ckpt.tensors.items()}
+        shapes = {
+            n: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device="meta")
+            for n, i in ckpt.tensors.items()
+        }
+        check_weights(model, shapes, str(req.checkpoint))
+        state = model.state_dict()
+        with torch.no_grad():
+            for name, info in ckpt.tensors.items():
+                _copy_into(state[name], ckpt, name, info.dtype)
+                if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
+                    raise ScoreError(
+                        f"weights of {name} contain NaN or infinite values", "check the checkpoint"
+                    )
         names = prunable_names(ckpt.tensors, req.include, req.exclude)
         notes = list(ckpt.notes)
-    model = resolve_model(req.arch, req.arch_args)
-    load_weights(model, tensors, str(req.checkpoint))
     parameters = dict(model.named_parameters())
     names = [n for n in names if n in parameters]
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ScoreError(
-                f"weights of {name} contain NaN or infinite values", "check the checkpoint (inspect)"
-            )
     if not names:
         raise InputError("no prunable parameter in the model", "choose them with --include GLOB")
     return model, names, notes
+
+
+def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) -> None:
+    """Read a checkpoint tensor straight into the model's storage when the dtypes agree
+    (no intermediate copy), else through a temporary cast by `copy_`."""
+    import torch
+
+    from prunecli.checkpoints import raw_to_torch, torch_dtype
+
+    if target.device.type == "cpu" and target.is_contiguous() and target.dtype == torch_dtype(dtype):
+        ckpt.read(name, target.view(-1).view(torch.uint8).numpy())  # fills target's bytes
+    else:
+        target.copy_(raw_to_torch(ckpt.read(name), dtype))
 
 
 def _calibration(req: ScoreRequest, model: torch.nn.Module) -> Calibration | None:
@@ -168,14 +203,8 @@ def _input_shape(req: ScoreRequest, calibration: Calibration | None) -> tuple[in
     return tuple(shape)
 
 
-def run_method(
-    req: ScoreRequest, progress: object = None
-) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-    """Score with a model-based method.
-
-    Returns:
-        (float32 scores by name on the CPU, metadata for the scores file, notes for the user).
-    """
+def run_method(req: ScoreRequest, progress: object = None) -> ScoredModel:
+    """Score with a model-based method; the scores stream out of `ScoredModel.scores`."""
     import torch
 
     from prunecli.data import check_labels
@@ -210,7 +239,7 @@ def run_method(
         iterations=iterations, schedule=req.schedule, temperature=req.temperature,
         progress=progress or NoProgress(), options={**req.options, "seed": req.seed},
     )  # fmt: skip
-    scores = to_float32(req.method.model_scorer(ctx))
+    result = req.method.model_scorer(ctx)
     params: dict[str, Any] = {"bn_mode": bn_mode, "dtype": precision, "device": device.type}
     if req.method.data == "batches" and req.method.name != "wanda":
         params["loss"] = loss
@@ -222,7 +251,9 @@ def run_method(
     params.update({k: req.options[k] for k in RECORDED_OPTIONS.get(req.method.name, ()) if k in req.options})
     if req.arch_args:
         params["arch_args"] = req.arch_args
-    return scores, _metadata(req, params, calibration), notes
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in result.scores}
+    entries = [(n, shapes[n]) for n in result.scores]
+    return ScoredModel(float32_scores(result), entries, _metadata(req, params, calibration), notes)
 
 
 def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibration | None) -> dict[str, str]:
@@ -245,26 +276,31 @@ def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibratio
     return metadata
 
 
-def to_float32(result: ScoreResult) -> dict[str, np.ndarray]:
-    """Scores on the CPU as float32, higher = keep.
+def float32_scores(result: ScoreResult) -> Iterator[tuple[str, np.ndarray]]:
+    """Scores on the CPU as float32, one tensor at a time (higher = keep).
 
     float64 scores are divided by their largest magnitude first (the ranking is unchanged;
     float32 could not hold SynFlow's range). For iterative methods the final mask is
     encoded: kept weights score in [0, 1], pruned ones −1, so `apply` at the same sparsity
-    reproduces the method's own final mask exactly.
+    reproduces the method's own final mask exactly. NaN or infinite scores raise ScoreError.
     """
     import torch
 
-    scores = {n: s.detach() for n, s in result.scores.items()}
-    for name, s in scores.items():
+    scores, masks = result.scores, result.masks
+    first = next(iter(scores))
+    scale = None
+    if masks is not None:
+        top = max((float(scores[n][masks[n]].max()) for n in scores if masks[n].any()), default=0.0)
+        scale = 1.0 / top if top > 0 else 1.0
+    elif scores[first].dtype == torch.float64:
+        top = max((float(scores[n].abs().max()) for n in scores if scores[n].numel()), default=0.0)
+        scale = 1.0 / top if top > 0 else 1.0
+    for name in scores:
+        s = scores[name].detach()
         if not torch.isfinite(s).all():
             raise ScoreError(f"scores of {name} contain NaN or infinite values", "try --dtype float64")
-    if result.masks is not None:
-        kept = [s[result.masks[n]] for n, s in scores.items()]
-        top = max((float(k.max()) for k in kept if k.numel()), default=0.0)
-        scale = 1.0 / top if top > 0 else 1.0
-        scores = {n: torch.where(result.masks[n], s.clamp(min=0) * scale, -1.0) for n, s in scores.items()}
-    elif next(iter(scores.values())).dtype == torch.float64:
-        top = max((float(s.abs().max()) for s in scores.values() if s.numel()), default=0.0)
-        scores = {n: s / top if top > 0 else s for n, s in scores.items()}
-    return {n: s.to("cpu", torch.float32).numpy() for n, s in scores.items()}
+        if masks is not None:
+            s = torch.where(masks[name], s.clamp(min=0) * scale, -1.0)
+        elif scale is not None:
+            s = s * scale
+        yield name, s.to("cpu", torch.float32).numpy()

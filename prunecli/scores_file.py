@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from prunecli import __version__
 from prunecli.checkpoints import Checkpoint, guard_output_file, open_checkpoint
 from prunecli.dtypes import finite_weights
 from prunecli.errors import InputError, ScoreError
-from prunecli.safetensors_io import SafetensorsWriter, write_arrays
+from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.registry import Method
 
 SCORES_FORMAT = "prunecli.scores"
@@ -61,10 +62,18 @@ def compute_scores(
     return metadata
 
 
-def write_scores(out: Path, scores: dict[str, np.ndarray], metadata: dict[str, str], force: bool) -> None:
-    """Write in-memory float32 scores atomically (refusing an existing file without force)."""
+def write_scores(
+    out: Path,
+    entries: list[tuple[str, tuple[int, ...]]],
+    scores: Iterable[tuple[str, np.ndarray]],
+    metadata: dict[str, str],
+    force: bool,
+) -> None:
+    """Write float32 scores as they come (one tensor in memory at a time), atomically."""
     guard_output_file(out, force)
-    write_arrays(out, {n: ("F32", np.ascontiguousarray(s, np.float32)) for n, s in scores.items()}, metadata)
+    with SafetensorsWriter(out, [(n, "F32", shape) for n, shape in entries], metadata) as writer:
+        for name, array in scores:
+            writer.write(name, np.ascontiguousarray(array, np.float32))
 
 
 def open_scores(path: Path, ckpt: Checkpoint) -> Checkpoint:

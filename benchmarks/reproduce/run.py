@@ -93,8 +93,8 @@ def score(run: Run, init: Path, calib: Path, out: Path, device: str) -> None:
         per_class=10 if run.method == "grasp" else None,  # GraSP's class-balanced 10 per class
         density=1.0 - run.sparsity if method.iterative else None,
     )  # fmt: skip
-    scores, metadata, _ = run_method(request)
-    write_scores(out, scores, metadata, force=True)
+    scored = run_method(request)
+    write_scores(out, scored.entries, scored.scores, scored.metadata, force=True)
 
 
 def train_and_test(run: Run, folder: Path, data: dict, epochs: int, device: torch.device) -> float:

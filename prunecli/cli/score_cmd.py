@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from prunecli.cli import options as opt
 from prunecli.cli.output import RichProgress, note
+
+if TYPE_CHECKING:
+    from prunecli.saliency import ScoredModel
 
 
 def score(
@@ -93,14 +96,14 @@ def compute(checkpoint: Path, method: object, output: Path, options: dict, force
                 ckpt, names, method, output, seed=options["seed"], force=force, on_tensor=progress.advance
             )
         return len(names)
-    scores, metadata, notes = run_model_method(checkpoint, method, options, progress)
-    for line in notes:
+    scored = run_model_method(checkpoint, method, options, progress)
+    for line in scored.notes:
         note(line, quiet)
-    write_scores(output, scores, metadata, force)
-    return len(scores)
+    write_scores(output, scored.entries, scored.scores, scored.metadata, force)
+    return len(scored.entries)
 
 
-def run_model_method(checkpoint: Path, method: object, options: dict, progress: object) -> tuple:
+def run_model_method(checkpoint: Path, method: object, options: dict, progress: object) -> ScoredModel:
     """Build the ScoreRequest from CLI options (validated here, once) and run it."""
     from prunecli.data import parse_shape
     from prunecli.errors import UsageError

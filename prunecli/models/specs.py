@@ -133,6 +133,18 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: 
     Example:
         >>> load_weights(model, load_state_dict(Path("init.safetensors")), "init.safetensors")
     """
+    given = check_weights(model, tensors, source)
+    model.load_state_dict(given, strict=True)  # copy_ into each tensor casts the dtype, one at a time
+
+
+def check_weights(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """The checks of `load_weights` without loading: keys, shapes and kinds of dtype.
+
+    `tensors` may be on the meta device (shapes only), so a large checkpoint can be checked
+    before any of its bytes are read. Returns the tensors with tied keys filled in.
+    """
     expected = model.state_dict()
     given = _fill_tied(expected, dict(tensors))
     problems = _mismatches(expected, given)
@@ -144,7 +156,7 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: 
             f"checkpoint {source} does not match the architecture: {shown}",
             _prefix_hint(expected, given) or "check --arch / --arch-args",
         )
-    model.load_state_dict(given, strict=True)  # copy_ into each tensor casts the dtype, one at a time
+    return given
 
 
 def _is_archive(spec: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ class ScoringContext:
 class ScoreResult:
     """Scores keyed by name (higher = keep); iterative methods also give their final masks."""
 
-    scores: dict[str, torch.Tensor]
+    scores: Mapping[str, torch.Tensor]
     masks: dict[str, torch.Tensor] | None = None
 
 
@@ -52,3 +53,25 @@ def schedule_densities(density: float, iterations: int, schedule: str) -> list[f
     from prunecli.errors import UsageError
 
     raise UsageError(f"unknown --schedule {schedule!r}", "use exp or linear")
+
+
+class LazyScores(Mapping):
+    """Scores computed on first read, one tensor at a time, and not kept afterwards.
+
+    For methods whose per-tensor scores follow from small statistics (Wanda), so the scores
+    of a large model never all sit in memory: `prunecli score` writes each as it comes.
+    """
+
+    def __init__(self, names: list[str], compute: Callable[[str], torch.Tensor]) -> None:
+        self._names, self._compute = list(names), compute
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._compute(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -14,7 +14,7 @@ block by block while scoring: every layer sees the dense network's activations.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from prunecli.scoring.registry import register_model_method
@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 
 def wanda_scores(
     model: torch.nn.Module, names: list[str], batches: list[Batch], progress: object = None
-) -> dict[str, torch.Tensor]:
+) -> Mapping[str, torch.Tensor]:
     """|W|·‖X_j‖₂ for each named Linear or Conv2d weight, X over every calibration token.
+
+    The scores are computed when read, one tensor at a time, so scoring a large model holds
+    only the input statistics (one vector per layer) and one tensor of scores at a time.
 
     Example:
         >>> scores = wanda_scores(model, ["fc1.weight", "fc2.weight"], [(x, None)])
@@ -36,6 +39,7 @@ def wanda_scores(
     import torch
 
     from prunecli.progress import NoProgress
+    from prunecli.scoring.context import LazyScores
 
     progress = progress or NoProgress()
     modules = _layers(model, names)
@@ -52,7 +56,7 @@ def wanda_scores(
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: _scores(module, squares.get(name)) for name, module in modules.items()}
+    return LazyScores(list(modules), lambda name: _scores(modules[name], squares.get(name)))
 
 
 def input_columns(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
