@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from prunecli.scoring.context import ScoreResult
 
 DEFAULT_ITERATIONS = {"synflow": 100, "force": 10, "iter-snip": 10, "snip-it": 5}
-# options that change a method's result, recorded in the scores metadata
-RECORDED_OPTIONS = {"obd": ("hessian", "hutchinson_samples", "obd_first_order"), "taylor": ("fisher",)}
+# options that change a method's result, with their defaults: recorded in the scores' params
+RECORDED_OPTIONS = {
+    "obd": {"hessian": "exact", "obd_first_order": False},
+    "taylor": {"fisher": False},
+}
 
 
 @dataclass
@@ -248,7 +251,11 @@ def run_method(req: ScoreRequest, progress: object = None) -> ScoredModel:
     if req.method.iterative:
         schedule = "snip-it" if req.method.name == "snip-it" else req.schedule
         params.update(iterations=iterations, schedule=schedule, sparsity=round(1 - req.density, 12))
-    params.update({k: req.options[k] for k in RECORDED_OPTIONS.get(req.method.name, ()) if k in req.options})
+    params.update(
+        {k: req.options.get(k, default) for k, default in RECORDED_OPTIONS.get(req.method.name, {}).items()}
+    )
+    if params.get("hessian") == "hutchinson":
+        params["hutchinson_samples"] = req.options.get("hutchinson_samples", 100)
     if req.arch_args:
         params["arch_args"] = req.arch_args
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in result.scores}
