@@ -90,8 +90,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+OPTION_METHODS = {  # method-specific options, and the methods that use them
+    "hessian": ("obd",),
+    "hutchinson_samples": ("obd",),
+    "obd_first_order": ("obd",),
+    "fisher": ("taylor",),
+    "max_params": ("obd", "exact"),
+}
+
+
 def _validate(req: ScoreRequest) -> None:
     m = req.method
+    for option in req.options:
+        users = OPTION_METHODS.get(option, (m.name,))
+        if m.name not in users:
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(f"{flag} applies to {' and '.join(users)}, not {m.name}", f"drop {flag}")
     if m.data == "batches" and req.data is None:
         raise UsageError(f"{m.name} needs calibration data", "add --data FILE (or --data random:SHAPE)")
     if m.iterative and req.density is None:

@@ -369,3 +369,27 @@ def test_prune_tiny_mlp(cli, tiny_mlp: Path, tmp_path: Path, method: str) -> Non
 def test_obd_exact_refuses_lenet_300_100(cli, lenet: Path, tmp_path: Path) -> None:
     r = _prune(cli, lenet, "obd", ["--arch", "lenet-300-100"], tmp_path / "out")
     assert r.code == 2 and "266,200 prunable weights" in r.err and "--hessian hutchinson" in r.err
+
+
+def test_method_options_are_refused_where_they_do_nothing(tmp_path: Path) -> None:
+    from prunecli.cli.app import run
+
+    init = tmp_path / "i.safetensors"
+    assert run(["init", "--arch", "mlp", "--arch-args", '{"hidden": [8]}', "-o", str(init)]) == 0
+    base = [
+        "score",
+        str(init),
+        "--arch",
+        "mlp",
+        "--arch-args",
+        '{"hidden": [8]}',
+        "--data",
+        "random:784",
+        "--batch-size",
+        "4",
+        "-o",
+        str(tmp_path / "s.safetensors"),
+    ]
+    assert run([*base, "-m", "taylor", "--hessian", "hutchinson"]) == 2
+    assert run([*base, "-m", "snip", "--fisher"]) == 2
+    assert run([*base, "-m", "taylor", "--fisher", "--loss", "uniform"]) == 0
