@@ -35,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORK = HERE / "_work"
 MIB = 1024 * 1024
+REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")  # where the kernel has it
 TARGETS = {
     "a_speedup": 10.0,  # baseline wall / prunecli wall, at least
     "a_mem_ratio": 8.0,  # baseline peak RSS / prunecli peak RSS, at least
@@ -223,11 +224,14 @@ def run_quiet(argv: list[str], env: dict[str, str], log: Path, cwd: Path | None 
 def settle(path: Path, opts: argparse.Namespace) -> None:
     """Put the machine in the same state before every measured run.
 
-    Flush dirty pages; make the source warm (read once) or cold (drop caches); with
-    --prefault, write and delete a scratch file as large as the checkpoint, so that the run
-    writes into page-cache memory that was just in use (on VMs that hand idle memory back
-    to the host, first-touch writes are several times slower and vary from run to run);
-    then wait (up to --wait-quiet seconds) until the rest of the machine is idle.
+    Flush dirty pages; make the source warm (read once) or cold (drop caches); then wait
+    (up to --wait-quiet seconds) until the rest of the machine is idle.
+
+    On a VM whose balloon driver hands freed memory back to the host (Linux free page
+    reporting), writing into page cache costs several times more right after the memory
+    was reported than right after a large file was deleted: a 5 GB copy took 4 s or 14 s
+    here depending on that alone. With --settle-memory (default) every run waits until the
+    reporting counter stops moving, so each command starts in the same (reported) state.
     """
     os.sync()
     if opts.cache == "cold":
@@ -237,14 +241,14 @@ def settle(path: Path, opts: argparse.Namespace) -> None:
         with path.open("rb", buffering=0) as f:
             while f.readinto(buf):
                 pass
-    if opts.prefault:
-        scratch = opts.work / ".prefault"
-        block = bytes(4 * MIB)
-        with scratch.open("wb", buffering=0) as f:
-            for _ in range(-(-path.stat().st_size // len(block))):
-                f.write(block)
-        scratch.unlink()
-        os.sync()
+    if opts.settle_memory and REPORTED_KIB.exists():
+        deadline, last = time.monotonic() + 120.0, None
+        while time.monotonic() < deadline:
+            now = REPORTED_KIB.read_text()
+            if now == last:
+                break
+            last = now
+            time.sleep(3.0)
     deadline = time.monotonic() + opts.wait_quiet
     while time.monotonic() < deadline:
         busy = _busy_cpu_s()
@@ -318,35 +322,47 @@ def apply_argv(ckpt: Path, out: Path, sparsity: float) -> list[str]:
     ]
 
 
+def _paired(opts, ckpt: Path, baseline, prunecli, after) -> list[dict]:
+    """`--repeat` pairs of runs; the order alternates (baseline first on even repeats) so that
+    neither side always meets the machine in the state the other one left."""
+    runs = []
+    for rep in range(opts.repeat):
+        pair = {}
+        for who in ("baseline", "prunecli") if rep % 2 == 0 else ("prunecli", "baseline"):
+            settle(ckpt, opts)
+            pair[who] = (baseline if who == "baseline" else prunecli)()
+        runs.append(pair)
+        after(rep)
+    return runs
+
+
 def case_a(opts, env, log) -> dict:
     work = opts.work
     ckpt = work / "case_a.safetensors"
     gen = generate(ckpt, opts.params_a, opts.hidden, "fp32", opts.seed, env, log, opts.reuse)
     facts = checkpoint_facts(ckpt, opts.hidden, opts.params_a)
     torch_out, prune_out = work / "case_a_torch.safetensors", work / "case_a_prunecli"
-    runs: list[dict] = []
+    torch_argv = [sys.executable, __file__, "_torch_baseline", str(ckpt), str(torch_out), repr(opts.sparsity)]
     check: dict = {}
-    for rep in range(opts.repeat):
-        settle(ckpt, opts)
-        base = measure(
-            "torch prune.global_unstructured",
-            [sys.executable, __file__, "_torch_baseline", str(ckpt), str(torch_out), repr(opts.sparsity)],
-            env,
-            log,
-        )
-        settle(ckpt, opts)
-        ours = measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log)
-        runs.append({"baseline": base, "prunecli": ours})
+
+    def after(rep: int) -> None:
         if rep == 0:
             argv = [sys.executable, __file__, "_verify", str(ckpt), str(prune_out), str(torch_out)]
-            check = json.loads(run_quiet(argv, env, log))
+            check.update(json.loads(run_quiet(argv, env, log)))
         remove(torch_out)
         remove(prune_out)
-    expected = keep_count(facts["prunable"], 1.0 - opts.sparsity)
+
+    runs = _paired(
+        opts,
+        ckpt,
+        lambda: measure("torch prune.global_unstructured", torch_argv, env, log),
+        lambda: measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log),
+        after,
+    )
     totals = check["manifest_totals"]
-    check["expected_kept"] = expected
+    check["expected_kept"] = keep_count(facts["prunable"], 1.0 - opts.sparsity)
     check["kept_equal"] = (
-        totals["kept"] == check["prunecli_nonzero"] == check["torch_nonzero"]
+        totals["kept"] == check["prunecli_nonzero"] == check["torch_nonzero"] == check["expected_kept"]
         and totals["prunable"] == facts["prunable"]
     )
     return {"facts": facts, "generate": gen, "runs": runs, "check": check}
@@ -358,28 +374,31 @@ def case_b(opts, env, log) -> dict:
     gen = generate(ckpt, opts.params_b, opts.hidden, opts.dtype, opts.seed, env, log, opts.reuse)
     facts = checkpoint_facts(ckpt, opts.hidden, opts.params_b)
     copy_out, prune_out = work / "case_b_copy.safetensors", work / "case_b_prunecli"
-    runs: list[dict] = []
+    copy_argv = [sys.executable, __file__, "_copy", str(ckpt), str(copy_out)]
     check: dict = {}
-    for rep in range(opts.repeat):
-        settle(ckpt, opts)
-        base = measure(
-            "streamed copy (write floor)",
-            [sys.executable, __file__, "_copy", str(ckpt), str(copy_out)],
-            env,
-            log,
-        )
+
+    def copy() -> dict:
+        result = measure("streamed copy (write floor)", copy_argv, env, log)
         remove(copy_out)
-        settle(ckpt, opts)
-        ours = measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log)
-        runs.append({"baseline": base, "prunecli": ours})
+        return result
+
+    def after(rep: int) -> None:
         if rep == 0:
             argv = [sys.executable, __file__, "_verify", str(ckpt), str(prune_out)]
-            check = json.loads(run_quiet(argv, env, log))
+            check.update(json.loads(run_quiet(argv, env, log)))
             check["output_bytes"] = sum(p.stat().st_size for p in prune_out.iterdir())
         remove(prune_out)
-    expected = keep_count(facts["prunable"], 1.0 - opts.sparsity)
-    check["expected_kept"] = expected
-    check["kept_equal"] = check["manifest_totals"]["kept"] == check["prunecli_nonzero"] == expected
+
+    runs = _paired(
+        opts,
+        ckpt,
+        copy,
+        lambda: measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log),
+        after,
+    )
+    check["expected_kept"] = keep_count(facts["prunable"], 1.0 - opts.sparsity)
+    kept = check["manifest_totals"]["kept"]
+    check["kept_equal"] = kept == check["prunecli_nonzero"] == check["expected_kept"]
     return {"facts": facts, "generate": gen, "runs": runs, "check": check}
 
 
@@ -418,10 +437,9 @@ def summarize(results: dict) -> list[dict]:
 def print_report(opts, results: dict, rows: list[dict]) -> None:
     print()
     print(f"machine: {os.cpu_count()} CPUs, {_mem_total_gib():.1f} GiB RAM; python {sys.version.split()[0]}")
-    print(
-        f"cache: {opts.cache}; prefault: {opts.prefault}; repeats: {opts.repeat}; "
-        f"sparsity {opts.sparsity}; seed {opts.seed}"
-    )
+    settled = opts.settle_memory and REPORTED_KIB.exists()
+    print(f"cache: {opts.cache}; settle memory: {settled}; repeats: {opts.repeat}", end="; ")
+    print(f"sparsity {opts.sparsity}; seed {opts.seed}")
     if opts.quick:
         print("--quick: sizes are far too small for the ratios to mean anything; this is a smoke test")
     prefixes = ("MALLOC_", "PYTHONMALLOC", "PYTHONPATH", "OMP_", "MKL_", "LD_PRELOAD")
@@ -454,7 +472,7 @@ def print_report(opts, results: dict, rows: list[dict]) -> None:
     for case, res in results.items():
         print(f"case {case} check: {json.dumps(res['check'])}")
     busy = [m for res in results.values() for run in res["runs"] for m in run.values()]
-    if any(m["others_cpu_s"] > 0.1 * m["wall_s"] for m in busy):
+    if any(m["others_cpu_s"] > max(2.0, 0.1 * m["wall_s"]) for m in busy):  # kernel writeback: ~1 s
         print(
             "warning: other processes used the CPU during some runs (others' CPU s); rerun on a quiet machine"
         )
@@ -502,10 +520,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for other processes to go idle (0: don't)",
     )
     p.add_argument(
-        "--prefault",
+        "--settle-memory",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="before each run, write and delete a checkpoint-sized scratch file (see settle())",
+        help="before each run, wait until the kernel stops reporting free memory to the host",
     )
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="working folder (benchmarks/_work)")
     p.add_argument("--keep", action="store_true", help="keep generated checkpoints and the log")
@@ -551,7 +569,7 @@ def main(argv: list[str]) -> int:
         ok = True
     finally:
         if not opts.keep:
-            for path in [*sorted(opts.work.glob("case_*")), opts.work / ".prefault"]:
+            for path in sorted(opts.work.glob("case_*")):
                 remove(path)
             if ok:
                 remove(log)
