@@ -47,7 +47,7 @@ def demo(
 
 def _run(folder: Path, seed: int, epochs: int, quiet: bool) -> dict[str, Any]:
     from prunecli.cli.apply_cmd import run_apply, selection_spec
-    from prunecli.cli.score_cmd import compute
+    from prunecli.cli.score_cmd import compute, score_options
     from prunecli.demo import DEMO_ARCH, DEMO_METHODS, DEMO_SPARSITY, demo_data_path, train_and_test
     from prunecli.initialize import init_checkpoint
     from prunecli.inspection import summarize
@@ -57,12 +57,9 @@ def _run(folder: Path, seed: int, epochs: int, quiet: bool) -> dict[str, Any]:
     init_checkpoint(DEMO_ARCH, init, seed=seed, force=True)
     note(f"initialised {DEMO_ARCH} (seed {seed}) in {init}", quiet)
     spec = selection_spec(DEMO_SPARSITY, None, None, "uniform", 0.0, None, False, False, None, None)
-    options = dict(
-        arch=DEMO_ARCH, arch_args=None, data=str(demo_data_path()), input_shape=None, batch_size=100,
-        num_batches=1, per_class=None, inputs_key=None, labels_key=None, loss=None, sparsity=None,
-        iterations=None, schedule="exp", temperature=200.0, bn_mode=None, device="cpu", dtype=None,
-        seed=seed, include=None, exclude=None,
-    )  # fmt: skip
+    options = score_options(
+        arch=DEMO_ARCH, data=str(demo_data_path()), batch_size=100, device="cpu", seed=seed
+    )
     methods: dict[str, Any] = {}
     with RichProgress(quiet) as progress:
         for name in DEMO_METHODS:

@@ -11,7 +11,7 @@ import typer
 from prunecli.cli import options as opt
 from prunecli.cli.apply_cmd import run_apply, selection_spec
 from prunecli.cli.output import RichProgress
-from prunecli.cli.score_cmd import compute
+from prunecli.cli.score_cmd import compute, score_options
 
 
 def prune(
@@ -74,7 +74,7 @@ def prune(
         structure=structure, aggregate=aggregate,
     )  # fmt: skip
     target = spec.density
-    options = dict(
+    options = score_options(
         arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, batch_size=batch_size,
         num_batches=num_batches, per_class=per_class, inputs_key=inputs_key, labels_key=labels_key, loss=loss,
         sparsity=1.0 - target if chosen.iterative else None, iterations=iterations,

@@ -62,7 +62,7 @@ def score(
     from prunecli.scoring import get_method
 
     chosen = get_method(method)
-    request = dict(
+    request = score_options(
         arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, batch_size=batch_size,
         num_batches=num_batches, per_class=per_class, inputs_key=inputs_key, labels_key=labels_key, loss=loss,
         sparsity=sparsity, iterations=iterations, schedule=schedule, temperature=temperature, bn_mode=bn_mode,
@@ -72,6 +72,22 @@ def score(
     with RichProgress(quiet) as progress:
         count = compute(checkpoint, chosen, output, request, force, progress, quiet)
     note(f"wrote {output} ({count} tensors, method {chosen.name})", quiet)
+
+
+SCORE_DEFAULTS: dict[str, object] = {
+    "arch": None, "arch_args": None, "data": None, "input_shape": None, "batch_size": 128, "num_batches": 1,
+    "per_class": None, "inputs_key": None, "labels_key": None, "loss": None, "sparsity": None,
+    "iterations": None, "schedule": "exp", "temperature": 200.0, "bn_mode": None, "device": "auto",
+    "dtype": None, "seed": 0, "include": None, "exclude": None, "method_options": {},
+}  # fmt: skip
+
+
+def score_options(**given: object) -> dict[str, object]:
+    """The scoring options `compute` reads, defaults filled in (score, prune and demo share it)."""
+    unknown = set(given) - set(SCORE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown scoring options: {', '.join(sorted(unknown))}")
+    return {**SCORE_DEFAULTS, **given}
 
 
 def compute(checkpoint: Path, method: object, output: Path, options: dict, force: bool, progress: object,
@@ -137,6 +153,6 @@ def run_model_method(checkpoint: Path, method: object, options: dict, progress: 
         seed=options["seed"],
         include=tuple(options["include"] or ()),
         exclude=tuple(options["exclude"] or ()),
-        options=dict(options.get("method_options") or {}),
+        options=dict(options["method_options"]),
     )
     return run_method(request, progress)
