@@ -123,7 +123,8 @@ class KeySource:
         self.ckpt, self.method, self.scores_file, self.seed, self.invert = ckpt, method, scores, seed, invert
         largest = max((ckpt.tensors[n].numel for n in names), default=0)
         self._scores_buf = np.empty(largest, dtype=np.float32)
-        self._raw_buf = np.empty(max((ckpt.tensors[n].nbytes for n in names), default=0), np.uint8)
+        # one read buffer for every pass, the final copy of untouched tensors included
+        self.raw_buf = np.empty(max((i.nbytes for i in ckpt.tensors.values()), default=0), np.uint8)
 
     def scores(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
         """Float32 scores of `name` (valid until the next call); `raw` saves a read when at hand."""
@@ -132,14 +133,14 @@ class KeySource:
         if self.scores_file is not None:
             return self.scores_file.read(name, self._scores_buf.view(np.uint8))
         if raw is None:
-            raw = self.ckpt.read(name, self._raw_buf)
+            raw = self.ckpt.read(name, self.raw_buf)
         return self.method.scorer(name, finite_weights(raw, info.dtype, name), self.seed, out)
 
     def keys(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
         """Selection keys of `name` (valid until the next call)."""
         info = self.ckpt.tensors[name]
         if self.scores_file is None and self.method.keys is not None:
-            raw = self.ckpt.read(name, self._raw_buf) if raw is None else raw
+            raw = self.ckpt.read(name, self.raw_buf) if raw is None else raw
             out = self._scores_buf[: info.numel].view(np.uint32)
             keys = self.method.keys(raw, info.dtype, out)
             if keys is not None:
@@ -267,7 +268,6 @@ def write_pruned(
     """The final pass: mask every prunable tensor, copy the rest, write both files."""
     ckpt = source.ckpt
     chosen = set(names)
-    scratch = np.empty(max((i.nbytes for i in ckpt.tensors.values()), default=0), dtype=np.uint8)
     model_entries = [(n, i.dtype, i.shape) for n, i in ckpt.tensors.items()]
     mask_entries = [(n, "U8", (math.ceil(ckpt.tensors[n].numel / 8),)) for n in names]
     records = []
@@ -278,7 +278,7 @@ def write_pruned(
         SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out,
     ):
         for name, info in ckpt.tensors.items():
-            raw = ckpt.read(name, scratch)
+            raw = ckpt.read(name, source.raw_buf)
             kept = info.numel
             if name in chosen:
                 mask = plan.mask(name, source.keys(name, raw))
