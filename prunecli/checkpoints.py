@@ -49,6 +49,10 @@ class Checkpoint:
         """The raw array of one tensor (valid until the next read when `scratch` is given)."""
         raise NotImplementedError
 
+    def view(self, name: str) -> np.ndarray:
+        """The raw array of one tensor, read-only and without a copy where the format allows."""
+        return self.read(name)
+
     def close(self) -> None:
         """Release open files."""
 
@@ -87,6 +91,9 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def read(self, name: str, scratch: np.ndarray | None = None) -> np.ndarray:
         return self._readers[name].read(name, scratch)
+
+    def view(self, name: str) -> np.ndarray:
+        return self._readers[name].view(name)
 
     def close(self) -> None:
         for reader in set(self._readers.values()):
