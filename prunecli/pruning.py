@@ -19,7 +19,7 @@ import numpy as np
 
 from prunecli import __version__
 from prunecli.checkpoints import Checkpoint, output_folder
-from prunecli.dtypes import as_unsigned, finite_weights
+from prunecli.dtypes import as_unsigned, finite_weights, raw_dtype
 from prunecli.errors import InputError, UsageError
 from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
@@ -48,6 +48,7 @@ MODEL_FILE = "model.safetensors"
 MASKS_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
 SHUFFLE_STREAM = 1  # random-stream id for --shuffle, distinct from random scores
+BLOCK = 1 << 18  # keys made per step on the fast path: a block and its temporaries stay in cache
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,12 @@ class SelectionSpec:
 
 
 class KeySource:
-    """Selection keys of each prunable tensor, from a per-tensor method or a scores file."""
+    """Selection keys of each prunable tensor, from a per-tensor method or a scores file.
+
+    Weights are read through `Checkpoint.view` (a memory map for safetensors), so a pass
+    copies nothing it does not change. Where the method has a fast path from raw weights to
+    keys, keys are made a block at a time (`key_blocks`, `sample_keys`), in cache.
+    """
 
     def __init__(
         self,
@@ -123,29 +129,57 @@ class KeySource:
         self.ckpt, self.method, self.scores_file, self.seed, self.invert = ckpt, method, scores, seed, invert
         largest = max((ckpt.tensors[n].numel for n in names), default=0)
         self._scores_buf = np.empty(largest, dtype=np.float32)
-        # one read buffer for every pass, the final copy of untouched tensors included
-        self.raw_buf = np.empty(max((i.nbytes for i in ckpt.tensors.values()), default=0), np.uint8)
+        self._block_buf = np.empty(min(largest, BLOCK), dtype=np.uint32)
+        self._checked: set[str] = set()  # tensors whose keys were all checked for NaN/Inf
 
-    def scores(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
-        """Float32 scores of `name` (valid until the next call); `raw` saves a read when at hand."""
+    def scores(self, name: str) -> np.ndarray:
+        """Float32 scores of `name` (valid until the next call)."""
         info = self.ckpt.tensors[name]
         out = self._scores_buf[: info.numel].reshape(info.shape)
         if self.scores_file is not None:
             return self.scores_file.read(name, self._scores_buf.view(np.uint8))
-        if raw is None:
-            raw = self.ckpt.read(name, self.raw_buf)
+        raw = self.ckpt.view(name)
         return self.method.scorer(name, finite_weights(raw, info.dtype, name), self.seed, out)
 
-    def keys(self, name: str, raw: np.ndarray | None = None) -> np.ndarray:
-        """Selection keys of `name` (valid until the next call)."""
+    def keys(self, name: str) -> np.ndarray:
+        """Selection keys of the whole tensor `name` (valid until the next call)."""
         info = self.ckpt.tensors[name]
-        if self.scores_file is None and self.method.keys is not None:
-            raw = self.ckpt.read(name, self.raw_buf) if raw is None else raw
+        if self._fast(info.dtype):
             out = self._scores_buf[: info.numel].view(np.uint32)
-            keys = self.method.keys(raw, info.dtype, out)
-            if keys is not None:
-                return check_keys(keys, name, self.invert).reshape(info.shape)
-        return scores_to_keys(self.scores(name, raw), name, self.invert)
+            keys = self.method.keys(self.ckpt.view(name).reshape(-1), info.dtype, out)
+            return check_keys(keys, name, self.invert).reshape(info.shape)
+        return scores_to_keys(self.scores(name), name, self.invert)
+
+    def key_blocks(self, name: str) -> Iterator[np.ndarray]:
+        """The keys of `name` in flat order, in blocks (each valid until the next)."""
+        info = self.ckpt.tensors[name]
+        if not self._fast(info.dtype):
+            keys = self.keys(name).reshape(-1)
+            for start in range(0, keys.size, BLOCK):
+                yield keys[start : start + BLOCK]
+            return
+        raw, check = self.ckpt.view(name).reshape(-1), name not in self._checked
+        for start in range(0, raw.size, BLOCK):
+            part = raw[start : start + BLOCK]
+            keys = self.method.keys(part, info.dtype, self._block_buf[: part.size])
+            yield check_keys(keys, name, self.invert, check)
+        self._checked.add(name)  # the file does not change between passes: once is enough
+
+    def sample_keys(self, name: str, stride: int) -> np.ndarray:
+        """`keys(name).reshape(-1)[::stride]`, computing only the sampled keys where it can."""
+        info = self.ckpt.tensors[name]
+        if not self._fast(info.dtype):
+            return self.keys(name).reshape(-1)[::stride].copy()
+        sampled = np.ascontiguousarray(self.ckpt.view(name).reshape(-1)[::stride])
+        keys = self.method.keys(sampled, info.dtype, np.empty(sampled.size, dtype=np.uint32))
+        return check_keys(keys, name, self.invert)
+
+    def _fast(self, dtype: str) -> bool:
+        """Whether the method makes keys straight from raw weights of this dtype (elementwise)."""
+        if self.scores_file is not None or self.method.keys is None:
+            return False
+        probe = np.empty(0, dtype=raw_dtype(dtype))
+        return self.method.keys(probe, dtype, np.empty(0, dtype=np.uint32)) is not None
 
 
 @dataclass
@@ -169,12 +203,39 @@ class MaskPlan:
         reserved = topk_mask(keys, floor).reshape(-1)
         return keys.reshape(-1)[~reserved], reserved
 
-    def mask(self, name: str, keys: np.ndarray) -> np.ndarray:
-        """The keep mask of `name`; call in flat order, since ties are resolved in that order."""
+    def mask(self, name: str, source: KeySource, out: np.ndarray) -> np.ndarray:
+        """The keep mask of `name`, in `out` (a bool buffer of at least the tensor's size)."""
+        for _ in self.mask_parts(name, source, out):
+            pass
+        info = source.ckpt.tensors[name]
+        return out[: info.numel].reshape(info.shape)
+
+    def mask_parts(self, name: str, source: KeySource, out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Fill `out` with the flat keep mask of `name`, yielding (start, part) as parts are done.
+
+        Call in flat order, since ties are resolved in that order. The global threshold
+        without a floor (the common case) works a block at a time, so a caller can use each
+        part while it is still in cache; every other rule yields the whole mask at once.
+        """
+        info = source.ckpt.tensors[name]
+        flat = out[: info.numel]
+        if self.threshold is not None and self.groups is None and not self.counts.get(name):
+            start = 0
+            for block in source.key_blocks(name):
+                part = flat[start : start + block.size]
+                self._skip_left -= threshold_mask(block, self.threshold, self._skip_left, part)[1]
+                yield start, part
+                start += block.size
+            return
+        flat[:] = self._whole_mask(name, source).reshape(-1)
+        yield 0, flat
+
+    def _whole_mask(self, name: str, source: KeySource) -> np.ndarray:
+        if self.groups is not None:
+            return expand(self.groups[name], source.ckpt.tensors[name].shape, self.spec.structure)
+        keys = source.keys(name)
         if self.spec.pattern:
             return nm_mask(keys, *self.spec.pattern, name)
-        if self.groups is not None:
-            return expand(self.groups[name], keys.shape, self.spec.structure)
         if self.spec.scope == "row":
             return row_mask(keys, self.spec.density)
         if self.threshold is None:
@@ -182,10 +243,8 @@ class MaskPlan:
         free_keys, reserved = self.residual(name, keys)
         chosen, used = threshold_mask(free_keys, self.threshold, self._skip_left)
         self._skip_left -= used
-        if reserved is None:
-            return chosen.reshape(keys.shape)
         reserved[~reserved] = chosen
-        return reserved.reshape(keys.shape)
+        return reserved
 
 
 def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress) -> MaskPlan:
@@ -214,10 +273,22 @@ def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progres
     def passes() -> Iterator[np.ndarray]:
         progress.stage("selecting (global top-k)", len(names))
         for name in names:
-            yield plan.residual(name, source.keys(name))[0]
+            if name in plan.counts:
+                yield plan.residual(name, source.keys(name))[0]
+            else:
+                yield from source.key_blocks(name)
             progress.advance()
 
-    plan.threshold = find_threshold(passes, k, free_total)
+    def sample(stride: int) -> Iterator[np.ndarray]:
+        progress.stage("sampling scores", len(names))
+        for name in names:
+            if name in plan.counts:
+                yield plan.residual(name, source.keys(name))[0][::stride]
+            else:
+                yield source.sample_keys(name, stride)
+            progress.advance()
+
+    plan.threshold = find_threshold(passes, k, free_total, sample)
     return plan
 
 
@@ -256,6 +327,53 @@ def _tensor_record(
     return record
 
 
+class MaskedCopier:
+    """Masked copies of prunable tensors, made in reused buffers (no fresh pages per tensor)."""
+
+    def __init__(self, source: KeySource, plan: MaskPlan, names: list[str], seed: int) -> None:
+        self.source, self.plan, self.seed = source, plan, seed
+        tensors = source.ckpt.tensors
+        self._masked_buf = np.empty(0, dtype=np.uint8)  # whole masked tensors, only when needed
+        self._largest = max((tensors[n].nbytes for n in names), default=0)
+        self._block_buf = np.empty(BLOCK * 8, dtype=np.uint8)  # one block of the widest dtype
+        self._mask_buf = np.empty(max((tensors[n].numel for n in names), default=0), dtype=bool)
+
+    def write(self, name: str, raw: np.ndarray, out: SafetensorsWriter, refine: Refiner | None) -> np.ndarray:
+        """Write `raw` with its pruned entries zeroed (then refined) to `out`; return the mask.
+
+        Commonly a block at a time: each block is masked while its keys are in cache and
+        written from a small buffer. --shuffle and `refine` need the whole tensor at once.
+        """
+        if refine is None and not self.plan.spec.shuffle:
+            out.write_parts(name, self._masked_blocks(name, raw))
+            return self._mask_buf[: raw.size].reshape(raw.shape)
+        masked, mask = self._whole_copy(name, raw)
+        if refine is not None:
+            masked = refine(name, masked, mask, self.source.ckpt.tensors[name].dtype)
+        out.write(name, masked)
+        return mask
+
+    def _masked_blocks(self, name: str, raw: np.ndarray) -> Iterator[np.ndarray]:
+        bits = as_unsigned(raw).reshape(-1)
+        block = self._block_buf[: BLOCK * bits.itemsize].view(bits.dtype)
+        for start, part in self.plan.mask_parts(name, self.source, self._mask_buf):
+            for offset in range(0, part.size, BLOCK):  # whole-tensor masks come as one part
+                keep = part[offset : offset + BLOCK]
+                first = start + offset
+                yield np.multiply(bits[first : first + keep.size], keep, out=block[: keep.size])
+
+    def _whole_copy(self, name: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(masked copy of the whole of `raw`, keep mask), both valid until the next call."""
+        if self._masked_buf.size < self._largest:
+            self._masked_buf = np.empty(self._largest, dtype=np.uint8)
+        masked = self._masked_buf[: raw.nbytes].view(raw.dtype).reshape(raw.shape)
+        mask = self.plan.mask(name, self.source, self._mask_buf)
+        if self.plan.spec.shuffle:
+            mask = shuffle_mask(mask, tensor_rng(self.seed, name, purpose=SHUFFLE_STREAM))
+        np.multiply(as_unsigned(raw), mask, out=as_unsigned(masked))  # pruned entries become +0
+        return masked, mask
+
+
 def write_pruned(
     source: KeySource,
     plan: MaskPlan,
@@ -268,6 +386,7 @@ def write_pruned(
     """The final pass: mask every prunable tensor, copy the rest, write both files."""
     ckpt = source.ckpt
     chosen = set(names)
+    copier = MaskedCopier(source, plan, names, seed)
     model_entries = [(n, i.dtype, i.shape) for n, i in ckpt.tensors.items()]
     mask_entries = [(n, "U8", (math.ceil(ckpt.tensors[n].numel / 8),)) for n in names]
     records = []
@@ -278,19 +397,14 @@ def write_pruned(
         SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out,
     ):
         for name, info in ckpt.tensors.items():
-            raw = ckpt.read(name, source.raw_buf)
+            raw = ckpt.view(name)  # read-only; untouched tensors are written straight from it
             kept = info.numel
             if name in chosen:
-                mask = plan.mask(name, source.keys(name, raw))
-                if plan.spec.shuffle:
-                    mask = shuffle_mask(mask, tensor_rng(seed, name, purpose=SHUFFLE_STREAM))
-                bits = as_unsigned(raw)
-                np.multiply(bits, mask, out=bits)  # pruned entries become +0
-                if refine is not None:
-                    raw = refine(name, raw, mask, info.dtype)
+                mask = copier.write(name, raw, model_out, refine)
                 kept = int(np.count_nonzero(mask))
                 masks_out.write(name, np.packbits(mask.reshape(-1)))
-            model_out.write(name, raw)
+            else:
+                model_out.write(name, raw)
             groups = plan.groups.get(name) if plan.groups is not None else None
             counts = None if groups is None else (int(groups.sum()), groups.size)
             records.append(_tensor_record(name, info, kept, name in chosen, counts))

@@ -19,7 +19,7 @@ import numpy as np
 
 from prunecli.errors import ScoreError, UsageError
 
-CHUNK = 1 << 22  # elements per chunk: bounds the temporaries of key and histogram work
+CHUNK = 1 << 18  # elements per chunk: small enough that a chunk's temporaries stay in cache
 _BINS = 1 << 16
 _NONFINITE_LOW = 0x007FFFFF  # keys at or below: -inf or NaN with the sign bit set
 _NONFINITE_HIGH = 0xFF800000  # keys at or above: +inf or NaN
@@ -48,9 +48,12 @@ def scores_to_keys(scores: np.ndarray, name: str, invert: bool = False) -> np.nd
     return check_keys(keys, name, invert).reshape(scores.shape)
 
 
-def check_keys(keys: np.ndarray, name: str, invert: bool = False) -> np.ndarray:
-    """Refuse keys of NaN or infinite scores (naming the tensor); reverse them for --invert."""
-    if keys.size and (keys.min() <= _NONFINITE_LOW or keys.max() >= _NONFINITE_HIGH):
+def check_keys(keys: np.ndarray, name: str, invert: bool = False, check: bool = True) -> np.ndarray:
+    """Refuse keys of NaN or infinite scores (naming the tensor); reverse them for --invert.
+
+    `check=False` skips the scan, for keys already checked on an earlier pass.
+    """
+    if check and keys.size and (keys.min() <= _NONFINITE_LOW or keys.max() >= _NONFINITE_HIGH):
         raise ScoreError(
             f"scores of {name} contain NaN or infinite values",
             "check the checkpoint for NaN/Inf weights (inspect) or recompute the scores",
@@ -84,7 +87,11 @@ SAMPLE_LIMIT = 1 << 23  # keys in the bounding sample (32 MB)
 SAMPLE_MIN_TOTAL = 1 << 20  # below this, the radix select alone is cheap
 
 
-def find_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: int) -> Threshold:
+Passes = Callable[[], Iterable[np.ndarray]]
+Sampler = Callable[[int], Iterable[np.ndarray]]
+
+
+def find_threshold(passes: Passes, k: int, total: int, sample: Sampler | None = None) -> Threshold:
     """The threshold that keeps exactly the k largest keys among `total`.
 
     Large inputs first bound the k-th key from a strided sample (pass 1), then count the keys
@@ -93,37 +100,34 @@ def find_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: in
     the threshold is the exact k-th largest key, so the result does not depend on the path.
 
     Args:
-        passes: called up to four times; each call yields every key array once, in flat order.
+        passes: called up to four times; each call yields every key once, in flat order, in
+            arrays of any size (a tensor's keys may come in blocks).
         k: how many to keep (0 <= k <= total).
         total: how many keys the passes yield in all.
+        sample: `sample(stride)` yields `keys.reshape(-1)[::stride]` of every tensor in order;
+            lets a caller compute only the sampled keys. Default: taken from `passes`.
     """
     if k <= 0:
         return KEEP_NONE
     if k >= total:
         return KEEP_ALL
     if total >= SAMPLE_MIN_TOTAL:
-        found = _threshold_from_sample(passes, k, total)
+        sample = sample or (lambda stride: (keys.reshape(-1)[::stride] for keys in passes()))
+        found = _threshold_from_sample(passes, sample, k, total)
         if found is not None:
             return found
     return _radix_threshold(passes, k, total)
 
 
-def _threshold_from_sample(
-    passes: Callable[[], Iterable[np.ndarray]], k: int, total: int
-) -> Threshold | None:
+def _threshold_from_sample(passes: Passes, sample: Sampler, k: int, total: int) -> Threshold | None:
     stride = max(1, -(-total // SAMPLE_LIMIT))
-    sample = np.concatenate([keys.reshape(-1)[::stride] for keys in passes()])
-    m = sample.size
+    sampled = np.concatenate(list(sample(stride)))
+    m = sampled.size
     position = m - k / stride  # where the k-th largest falls in the sorted sample
     margin = 8 * math.sqrt(m * (k / total) * (1 - k / total)) + 8
     lo_rank, hi_rank = max(0, int(position - margin)), min(m - 1, int(position + margin))
-    lo, hi = np.partition(sample, [lo_rank, hi_rank])[[lo_rank, hi_rank]]
-    above, between = 0, []
-    for keys in passes():
-        for part in _chunks(keys.reshape(-1)):
-            above += int(np.count_nonzero(part > hi))
-            between.append(part[(part >= lo) & (part <= hi)])
-    candidates = np.concatenate(between)
+    lo, hi = np.partition(sampled, [lo_rank, hi_rank])[[lo_rank, hi_rank]]
+    above, candidates = _count_and_gather(passes, int(lo), int(hi))
     need = k - above  # how many of the candidates are kept
     if need <= 0 or need > candidates.size:
         return None
@@ -132,7 +136,28 @@ def _threshold_from_sample(
     return Threshold(int(value), int(np.count_nonzero(candidates == value)) - (need - greater))
 
 
-def _radix_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: int) -> Threshold:
+def _count_and_gather(passes: Passes, lo: int, hi: int) -> tuple[int, np.ndarray]:
+    """How many keys are above `hi`, and the keys in [lo, hi] (in flat order).
+
+    Chunk-sized scratch buffers are reused, so the loop allocates nothing per chunk but the
+    (few) gathered candidates; `key - lo <= hi - lo` in wrapping uint32 tests both bounds.
+    """
+    above, between = 0, []
+    flags = np.empty(CHUNK, dtype=bool)
+    shifted = np.empty(CHUNK, dtype=np.uint32)
+    low, width = np.uint32(lo), np.uint32(hi - lo)
+    for keys in passes():
+        for part in _chunks(keys.reshape(-1)):
+            n = part.size
+            np.greater(part, np.uint32(hi), out=flags[:n])
+            above += int(np.count_nonzero(flags[:n]))
+            np.subtract(part, low, out=shifted[:n])
+            np.less_equal(shifted[:n], width, out=flags[:n])
+            between.append(part[flags[:n]])
+    return above, np.concatenate(between) if between else np.empty(0, dtype=np.uint32)
+
+
+def _radix_threshold(passes: Passes, k: int, total: int) -> Threshold:
     """A histogram of the top 16 key bits, then of the low 16 bits inside the boundary bucket."""
     high = np.zeros(_BINS, dtype=np.int64)
     for keys in passes():
@@ -149,10 +174,15 @@ def _radix_threshold(passes: Callable[[], Iterable[np.ndarray]], k: int, total: 
     return Threshold((bucket << 16) | value, int(low[value]) - kept_ties)
 
 
-def threshold_mask(keys: np.ndarray, threshold: Threshold, skip_left: int) -> tuple[np.ndarray, int]:
-    """The keep mask of one tensor, and how many of the `skip_left` tied entries it pruned."""
+def threshold_mask(
+    keys: np.ndarray, threshold: Threshold, skip_left: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """The keep mask of some keys, and how many of the `skip_left` tied entries it pruned.
+
+    `out` (a bool array of the keys' size) receives the mask when given.
+    """
     flat = keys.reshape(-1)
-    mask = flat >= threshold.key
+    mask = np.greater_equal(flat, np.uint32(threshold.key), out=None if out is None else out.reshape(-1))
     if skip_left > 0:
         tied = np.flatnonzero(flat == threshold.key)[:skip_left]
         mask[tied] = False

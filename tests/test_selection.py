@@ -128,7 +128,7 @@ def test_sampled_threshold_equals_radix_on_large_inputs(k: int) -> None:
     values = np.concatenate([rng.standard_normal(2_000_000), rng.integers(-3, 4, 1_000_000) / 2])
     parts = np.split(values.astype(np.float32), [1_234_567, 2_500_000])
     keys = [scores_to_keys(p.copy(), "t") for p in parts]
-    sampled = _threshold_from_sample(lambda: keys, k, 3_000_000)
+    sampled = _threshold_from_sample(lambda: keys, lambda stride: [x[::stride] for x in keys], k, 3_000_000)
     assert sampled is None or sampled == _radix_threshold(lambda: keys, k, 3_000_000)
     got = np.concatenate([m.ravel() for m in streamed(parts, k)])  # the public path, sample or not
     np.testing.assert_array_equal(got, reference_mask(values.astype(np.float32), k))
@@ -142,5 +142,25 @@ def test_sample_bounds_that_miss_fall_back_to_radix(monkeypatch: pytest.MonkeyPa
     keys = np.arange(1 << 21, dtype=np.uint32) + np.uint32(0x80000000)
     shuffled = keys.copy()
     shuffled[::4096] = np.uint32(0x80000000)  # the strided sample sees only the smallest key
-    assert _threshold_from_sample(lambda: [shuffled], 10, shuffled.size) is None
+    assert _threshold_from_sample(lambda: [shuffled], lambda s: [shuffled[::s]], 10, shuffled.size) is None
     assert find_threshold(lambda: [shuffled], 10, shuffled.size).key == int(shuffled.max()) - 9
+
+
+def test_threshold_is_the_same_when_keys_come_in_blocks() -> None:
+    """Passes may split a tensor's keys into blocks; flat order is all that matters."""
+    rng = np.random.default_rng(11)
+    values = (rng.integers(-40, 41, 1_500_000) / 8).astype(np.float32)  # heavy ties
+    keys = scores_to_keys(values.copy(), "t")
+    whole = find_threshold(lambda: [keys], 300_001, keys.size)
+    blocks = find_threshold(lambda: np.array_split(keys, 37), 300_001, keys.size)
+    assert whole == blocks
+    np.testing.assert_array_equal(threshold_mask(keys, whole, whole.skip)[0], reference_mask(values, 300_001))
+
+
+def test_threshold_mask_writes_into_out() -> None:
+    keys = scores_to_keys(np.array([3, 1, 2, 2, 5], np.float32), "t")
+    out = np.ones(5, dtype=bool)
+    mask, used = threshold_mask(keys, find_threshold(lambda: [keys], 3, 5), 1, out)
+    assert mask.base is out or mask is out
+    np.testing.assert_array_equal(out, [True, False, False, True, True])  # the lower tied index pruned
+    assert used == 1

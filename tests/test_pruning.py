@@ -1,0 +1,88 @@
+"""apply's streamed passes: blocks of keys, sampled keys and mapped reads give the exact masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunecli import pruning, selection
+from prunecli.checkpoints import open_checkpoint
+from prunecli.pruning import ApplyRequest, KeySource, SelectionSpec, apply_pruning
+from prunecli.safetensors_io import SafetensorsReader, write_arrays
+from prunecli.scoring.registry import get_method
+from tests.test_selection import reference_mask
+
+SHAPES = {"a.weight": (37, 29), "b.weight": (64, 50), "c.weight": (3, 301)}
+
+
+def _tied_weights(seed: int) -> dict[str, np.ndarray]:
+    """Few distinct magnitudes, both signs: many ties, across tensors and across blocks."""
+    rng = np.random.default_rng(seed)
+    return {n: (rng.integers(-9, 10, s) / 4).astype(np.float32) for n, s in SHAPES.items()}
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 97 keys and the sampled threshold on from 1,000 keys, so every path is taken."""
+    monkeypatch.setattr(pruning, "BLOCK", 97)
+    monkeypatch.setattr(selection, "SAMPLE_MIN_TOTAL", 1000)
+    monkeypatch.setattr(selection, "SAMPLE_LIMIT", 256)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16"])  # F32: the fast key path; F16: scores, then keys
+@pytest.mark.parametrize("invert", [False, True])
+def test_key_blocks_and_samples_equal_the_whole_keys(
+    tmp_path: Path, small_blocks: None, dtype: str, invert: bool
+) -> None:
+    weights = _tied_weights(0)
+    np_dtype = np.float32 if dtype == "F32" else np.float16
+    path = tmp_path / "w.safetensors"
+    write_arrays(path, {n: (dtype, w.astype(np_dtype)) for n, w in weights.items()}, {})
+    with open_checkpoint(path) as ckpt:
+        source = KeySource(ckpt, list(SHAPES), method=get_method("magnitude"), invert=invert)
+        for name in SHAPES:
+            whole = source.keys(name).reshape(-1).copy()
+            blocks = [b.copy() for b in source.key_blocks(name)]
+            assert max(b.size for b in blocks) <= 97
+            np.testing.assert_array_equal(np.concatenate(blocks), whole)
+            np.testing.assert_array_equal(source.sample_keys(name, 7), whole[::7])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("density", [0.013, 0.5, 0.9])
+def test_global_magnitude_masks_match_a_stable_sort(
+    tmp_path: Path, small_blocks: None, seed: int, density: float
+) -> None:
+    weights = _tied_weights(seed)
+    path = tmp_path / "w.safetensors"
+    write_arrays(path, {n: ("F32", w) for n, w in weights.items()}, {})
+    flat = np.concatenate([np.abs(w).ravel() for w in weights.values()])
+    k = selection.keep_count(flat.size, density)
+    with open_checkpoint(path) as ckpt:
+        request = ApplyRequest(
+            ckpt, list(SHAPES), SelectionSpec(density), tmp_path / "out", method=get_method("magnitude")
+        )
+        manifest = apply_pruning(request)
+    assert manifest["totals"]["kept"] == k
+    expected = np.split(reference_mask(flat, k), np.cumsum([w.size for w in weights.values()])[:-1])
+    reader = SafetensorsReader(tmp_path / "out" / "model.safetensors")
+    for (name, source), keep in zip(weights.items(), expected, strict=True):
+        got = reader.read(name).view(np.float32).ravel()
+        np.testing.assert_array_equal(got, np.where(keep, source.ravel(), 0.0))
+    reader.close()
+
+
+def test_view_is_a_read_only_copy_free_read(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    weights = _tied_weights(1)
+    write_arrays(path, {n: ("F32", w) for n, w in weights.items()}, {})
+    reader = SafetensorsReader(path)
+    for name in SHAPES:
+        view = reader.view(name)
+        np.testing.assert_array_equal(view, reader.read(name))
+        assert view.shape == SHAPES[name] and not view.flags.writeable
+    view = reader.view("a.weight")
+    reader.close()
+    np.testing.assert_array_equal(view, weights["a.weight"])  # the mapping outlives close
