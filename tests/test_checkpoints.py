@@ -71,3 +71,16 @@ def test_unknown_suffix(tmp_path: Path) -> None:
     (tmp_path / "m.ckpt").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="unknown checkpoint suffix"):
         open_checkpoint(tmp_path / "m.ckpt")
+
+
+def test_sha256_of_files_hashes_the_bytes_in_order(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from prunecli.checkpoints import HASH_PIECE, sha256_of_files
+
+    first, empty = tmp_path / "a.bin", tmp_path / "empty.bin"
+    first.write_bytes(os.urandom(2 * HASH_PIECE + 3))  # whole pieces and a remainder
+    empty.write_bytes(b"")
+    expected = hashlib.sha256(first.read_bytes() * 2).hexdigest()
+    assert sha256_of_files([first, empty, first]) == expected
