@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -253,23 +254,33 @@ def require_file(path: Path, what: str) -> None:
 
 
 HASH_PIECE = 1 << 20
+HASH_WINDOW = 64 << 20  # mapped at a time: mapped pages count as the process's resident memory
 
 
 def sha256_of_files(paths: Iterable[Path]) -> str:
-    """sha256 of the files' bytes in order, hashed from a memory map (no copies, no buffers)."""
+    """sha256 of the files' bytes in order."""
     digest = hashlib.sha256()
     for path in paths:
         with path.open("rb") as f:
-            try:
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # empty, or a file system without mmap
-                while chunk := f.read(HASH_PIECE):
-                    digest.update(chunk)
-                continue
-            with mapped, memoryview(mapped) as data:
-                for start in range(0, len(data), HASH_PIECE):
-                    digest.update(data[start : start + HASH_PIECE])
+            _hash_file(digest, f)
     return digest.hexdigest()
+
+
+def _hash_file(digest: Any, f: BinaryIO) -> None:
+    """Hash from memory-mapped windows (no copies); plain reads where mapping fails."""
+    size = os.fstat(f.fileno()).st_size
+    for offset in range(0, size, HASH_WINDOW):
+        try:
+            length = min(HASH_WINDOW, size - offset)
+            window = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset)
+        except (OSError, ValueError):  # a file system without mmap
+            f.seek(offset)
+            while chunk := f.read(HASH_PIECE):
+                digest.update(chunk)
+            return
+        with window, memoryview(window) as data:
+            for start in range(0, len(data), HASH_PIECE):
+                digest.update(data[start : start + HASH_PIECE])
 
 
 def save_state_dict(

@@ -1,9 +1,10 @@
 """`apply`: stream a checkpoint through scoring and selection into masked outputs.
 
-Pass 1 and 2 (global scope only) build the radix-select histograms; the last pass reads
-each tensor once, masks it, and writes `model.safetensors` and `masks.safetensors` as it
-goes. Scores are recomputed per pass instead of held, so memory stays near the largest
-tensor whatever the model's size.
+For global scope, pass 1 keys a strided sample of every tensor and pass 2 counts against
+the sample's bounds (selection.find_threshold). The last pass reads each tensor once, masks
+it a cache-sized block at a time, and writes `model.safetensors` and `masks.safetensors` as
+it goes. Scores are recomputed per pass instead of held, and weights are read through
+memory-mapped views, so memory stays near the largest tensor whatever the model's size.
 """
 
 from __future__ import annotations
