@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 TensorScorer = Callable[[str, np.ndarray, int, np.ndarray | None], np.ndarray]
 # A fast path from raw weights straight to selection keys: (raw, dtype name, out) -> keys, or
 # None where it does not apply (then the scores go through prunecli.selection.scores_to_keys).
+# It must be elementwise (each key depends on its own weight alone): apply runs it on blocks
+# and on strided samples of a tensor.
 KeyFunction = Callable[[np.ndarray, str, np.ndarray], "np.ndarray | None"]
 # A model scorer: a live model, calibration batches and options -> scores (and final masks).
 ModelScorer = Callable[["ScoringContext"], "ScoreResult"]
@@ -68,7 +70,8 @@ def register(
     """Add a per-tensor scorer (no model, no data) to the registry under `name`.
 
     `keys` optionally computes the selection keys straight from raw weights (same result as
-    scoring then `scores_to_keys`, at a fraction of the cost), for `apply`'s streamed passes.
+    scoring then `scores_to_keys`, at a fraction of the cost), for `apply`'s streamed passes;
+    it must be elementwise, since it is run on blocks and samples of a tensor.
     """
 
     def decorate(fn: TensorScorer) -> TensorScorer:
