@@ -148,7 +148,9 @@ class KeySource:
         if self._fast(info.dtype):
             out = self._scores_buf[: info.numel].view(np.uint32)
             keys = self.method.keys(self.ckpt.view(name).reshape(-1), info.dtype, out)
-            return check_keys(keys, name, self.invert).reshape(info.shape)
+            keys = check_keys(keys, name, self.invert, name not in self._checked)
+            self._checked.add(name)
+            return keys.reshape(info.shape)
         return scores_to_keys(self.scores(name), name, self.invert)
 
     def key_blocks(self, name: str) -> Iterator[np.ndarray]:
