@@ -12,14 +12,23 @@ from prunecli.scoring.registry import register
 
 
 def magnitude_keys(raw: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray | None:
-    """Selection keys of |θ| straight from float32 bits, in one pass.
+    """Selection keys of |θ| straight from raw float32, bfloat16 or float16 weights.
 
-    The key of a non-negative float is its bits with the top bit set, and |θ| is θ with the
-    sign bit cleared: setting the sign bit does both (-0.0 and +0.0 get the same key).
+    The key of a non-negative float32 is its bits with the top bit set, and |θ| is θ with
+    the sign bit cleared: setting the sign bit does both (-0.0 and +0.0 get the same key).
+    bfloat16 is the top half of a float32 and float16 widens exactly, so both key alike.
     """
-    if dtype != "F32":
+    flat = raw.reshape(-1)
+    if dtype == "F32":
+        bits = flat.view(np.uint32)
+    elif dtype == "BF16":
+        bits = np.left_shift(flat, np.uint32(16), out=out)  # computed in uint32
+    elif dtype == "F16":
+        np.copyto(out.view(np.float32), flat)
+        bits = out
+    else:
         return None
-    return np.bitwise_or(raw.reshape(-1).view(np.uint32), np.uint32(0x80000000), out=out)
+    return np.bitwise_or(bits, np.uint32(0x80000000), out=out)
 
 
 @register(
