@@ -1,18 +1,21 @@
 """`apply`: stream a checkpoint through scoring and selection into masked outputs.
 
 For global scope, pass 1 keys a strided sample of every tensor and pass 2 counts against
-the sample's bounds (selection.find_threshold). The last pass reads each tensor once, masks
-it a cache-sized block at a time, and writes `model.safetensors` and `masks.safetensors` as
-it goes. Scores are recomputed per pass instead of held, and weights are read through
+the sample's bounds (selection.find_threshold). The last pass reads each tensor once and
+writes `model.safetensors` and `masks.safetensors` as it goes: worker threads mask segments
+of the tensor, a cache-sized block at a time, while the main thread writes the finished
+ones in order. Scores are recomputed per pass instead of held, and weights are read through
 memory-mapped views, so memory stays near the largest tensor whatever the model's size.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from prunecli.dtypes import as_unsigned, finite_weights, raw_dtype
 from prunecli.errors import InputError, UsageError
 from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
+from prunecli.ordered import in_order, worker_count
 from prunecli.progress import NoProgress, Progress
 from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.random_baseline import tensor_rng
@@ -50,6 +54,7 @@ MASKS_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
 SHUFFLE_STREAM = 1  # random-stream id for --shuffle, distinct from random scores
 BLOCK = 1 << 18  # keys made per step on the fast path: a block and its temporaries stay in cache
+SEGMENT = 1 << 20  # entries per masking job in the write pass (a multiple of 8: whole mask bytes)
 
 
 @dataclass(frozen=True)
@@ -163,10 +168,26 @@ class KeySource:
             return
         raw, check = self.ckpt.view(name).reshape(-1), name not in self._checked
         for start in range(0, raw.size, BLOCK):
-            part = raw[start : start + BLOCK]
-            keys = self.method.keys(part, info.dtype, self._block_buf[: part.size])
-            yield check_keys(keys, name, self.invert, check)
+            yield self._block_keys(name, raw[start : start + BLOCK], self._block_buf, check)
         self._checked.add(name)  # the file does not change between passes: once is enough
+
+    def keys_at(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray]:
+        """`keys_at(name)(start, n, scratch)`: the keys of flat entries [start, start + n).
+
+        On the fast path each call keys its own entries into `scratch` (uint32, n or more),
+        so calls may run on several threads at once. Otherwise the whole tensor is keyed
+        here, once, and calls slice it (valid until the next `keys`).
+        """
+        info = self.ckpt.tensors[name]
+        if not self._fast(info.dtype):
+            whole = self.keys(name).reshape(-1)
+            return lambda start, n, scratch: whole[start : start + n]
+        raw, check = self.ckpt.view(name).reshape(-1), name not in self._checked
+        return lambda start, n, scratch: self._block_keys(name, raw[start : start + n], scratch, check)
+
+    def _block_keys(self, name: str, raw: np.ndarray, scratch: np.ndarray, check: bool) -> np.ndarray:
+        keys = self.method.keys(raw, self.ckpt.tensors[name].dtype, scratch[: raw.size])
+        return check_keys(keys, name, self.invert, check)
 
     def sample_keys(self, name: str, stride: int) -> np.ndarray:
         """`keys(name).reshape(-1)[::stride]`, computing only the sampled keys where it can."""
@@ -185,6 +206,18 @@ class KeySource:
         return self.method.keys(probe, dtype, np.empty(0, dtype=np.uint32)) is not None
 
 
+class Scratch:
+    """Buffers of one masking job: a block's keys, and a segment's mask and masked bytes."""
+
+    def __init__(self, entries: int = 0, itemsize: int = 0) -> None:
+        self.keys = np.empty(BLOCK, dtype=np.uint32)
+        self.mask = np.empty(entries, dtype=bool)
+        self.masked = np.empty(entries * itemsize, dtype=np.uint8)
+
+
+MaskPart = Callable[[int, np.ndarray, np.ndarray], object]
+
+
 @dataclass
 class MaskPlan:
     """Per-tensor keep counts or floors, plus an optional global threshold."""
@@ -193,10 +226,11 @@ class MaskPlan:
     counts: dict[str, int]  # layer scope: exact keep count; global scope: floor
     threshold: Threshold | None = None  # global scope: over the keys left after floors
     groups: dict[str, np.ndarray] | None = None  # structured: keep mask over filters/channels
-    _skip_left: int = field(default=0, init=False)  # tied entries still to prune, in flat order
+    starts: dict[str, int] = field(default_factory=dict)  # global: each tensor's first position
 
-    def start(self) -> None:
-        self._skip_left = self.threshold.skip if self.threshold else 0
+    def blockwise(self, name: str) -> bool:
+        """Whether the mask of `name` is the threshold applied to its keys one by one."""
+        return self.threshold is not None and self.groups is None and not self.counts.get(name)
 
     def residual(self, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Keys left for the global pool once a tensor's floor is reserved, and the floor mask."""
@@ -208,30 +242,28 @@ class MaskPlan:
 
     def mask(self, name: str, source: KeySource, out: np.ndarray) -> np.ndarray:
         """The keep mask of `name`, in `out` (a bool buffer of at least the tensor's size)."""
-        for _ in self.mask_parts(name, source, out):
-            pass
         info = source.ckpt.tensors[name]
+        part, keys = self.mask_of(name, source), np.empty(BLOCK, dtype=np.uint32)
+        for start in range(0, info.numel, BLOCK):
+            part(start, out[start : min(start + BLOCK, info.numel)], keys)
         return out[: info.numel].reshape(info.shape)
 
-    def mask_parts(self, name: str, source: KeySource, out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """Fill `out` with the flat keep mask of `name`, yielding (start, part) as parts are done.
+    def mask_of(self, name: str, source: KeySource) -> MaskPart:
+        """`part(start, out, keys)` fills `out` (at most BLOCK bools) with the keep mask of
+        flat entries [start, start + out.size) of `name`; `keys` is uint32 scratch of BLOCK.
 
-        Call in flat order, since ties are resolved in that order. The global threshold
-        without a floor (the common case) works a block at a time, so a caller can use each
-        part while it is still in cache; every other rule yields the whole mask at once.
+        Blockwise rules key and mask each part on its own (the threshold says which ties
+        are pruned), so parts may be made on several threads at once, each with its own
+        scratch. Every other rule makes the whole mask here, once, and parts copy from it.
+        Valid until the next call.
         """
-        info = source.ckpt.tensors[name]
-        flat = out[: info.numel]
-        if self.threshold is not None and self.groups is None and not self.counts.get(name):
-            start = 0
-            for block in source.key_blocks(name):
-                part = flat[start : start + block.size]
-                self._skip_left -= threshold_mask(block, self.threshold, self._skip_left, part)[1]
-                yield start, part
-                start += block.size
-            return
-        flat[:] = self._whole_mask(name, source).reshape(-1)
-        yield 0, flat
+        if self.blockwise(name):
+            keys_at, first, threshold = source.keys_at(name), self.starts[name], self.threshold
+            return lambda start, out, keys: threshold_mask(
+                keys_at(start, out.size, keys), threshold, first + start, out
+            )
+        whole = self._whole_mask(name, source).reshape(-1)
+        return lambda start, out, keys: np.copyto(out, whole[start : start + out.size])
 
     def _whole_mask(self, name: str, source: KeySource) -> np.ndarray:
         if self.groups is not None:
@@ -244,9 +276,7 @@ class MaskPlan:
         if self.threshold is None:
             return topk_mask(keys, self.counts[name])
         free_keys, reserved = self.residual(name, keys)
-        chosen, used = threshold_mask(free_keys, self.threshold, self._skip_left)
-        self._skip_left -= used
-        reserved[~reserved] = chosen
+        reserved[~reserved] = threshold_mask(free_keys, self.threshold, self.starts[name])
         return reserved
 
 
@@ -269,6 +299,10 @@ def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progres
     free_total = total - sum(floors.values())
     k = max(0, keep_count(total, spec.density) - sum(floors.values()))
     plan = MaskPlan(spec, {n: f for n, f in floors.items() if f})
+    position = 0
+    for name, info in zip(names, infos, strict=True):
+        plan.starts[name] = position  # where its keys (those left after the floor) begin
+        position += info.numel - floors[name]
     if k >= free_total:
         plan.threshold = KEEP_ALL
         return plan
@@ -331,50 +365,95 @@ def _tensor_record(
 
 
 class MaskedCopier:
-    """Masked copies of prunable tensors, made in reused buffers (no fresh pages per tensor)."""
+    """Masked copies of prunable tensors, masked segment by segment on a thread pool."""
 
-    def __init__(self, source: KeySource, plan: MaskPlan, names: list[str], seed: int) -> None:
-        self.source, self.plan, self.seed = source, plan, seed
+    def __init__(
+        self,
+        source: KeySource,
+        plan: MaskPlan,
+        names: list[str],
+        seed: int,
+        pool: Executor | None,
+        ahead: int,
+    ) -> None:
+        self.source, self.plan, self.seed, self.pool, self.ahead = source, plan, seed, pool, ahead
         tensors = source.ckpt.tensors
         self._masked_buf = np.empty(0, dtype=np.uint8)  # whole masked tensors, only when needed
         self._largest = max((tensors[n].nbytes for n in names), default=0)
-        self._block_buf = np.empty(BLOCK * 8, dtype=np.uint8)  # one block of the widest dtype
-        self._mask_buf = np.empty(max((tensors[n].numel for n in names), default=0), dtype=bool)
+        self._mask_buf = np.empty(0, dtype=bool)
+        entries = min(SEGMENT, max((tensors[n].numel for n in names), default=0))
+        widest = max((_itemsize(tensors[n]) for n in names), default=0)
+        self._slots = [Scratch(entries, widest) for _ in range(ahead + 1)]  # one per job in flight
 
-    def write(self, name: str, raw: np.ndarray, out: SafetensorsWriter, refine: Refiner | None) -> np.ndarray:
-        """Write `raw` with its pruned entries zeroed (then refined) to `out`; return the mask.
+    def write(
+        self, name: str, raw: np.ndarray, out: SafetensorsWriter, refine: Refiner | None
+    ) -> tuple[np.ndarray, int]:
+        """Write `raw` with its pruned entries zeroed (then refined) to `out`.
 
-        Commonly a block at a time: each block is masked while its keys are in cache and
-        written from a small buffer. --shuffle and `refine` need the whole tensor at once.
+        Returns the bit-packed keep mask and how many entries it keeps. Commonly segments
+        are masked on the pool while finished ones are written; --shuffle and `refine` need
+        the whole tensor at once.
         """
         if refine is None and not self.plan.spec.shuffle:
-            out.write_parts(name, self._masked_blocks(name, raw))
-            return self._mask_buf[: raw.size].reshape(raw.shape)
+            packed, kept = np.empty(-(-raw.size // 8), dtype=np.uint8), []
+            part = self.plan.mask_of(name, self.source)
+            out.write_parts(name, self._masked_segments(raw, part, packed, kept))
+            return packed, sum(kept)
         masked, mask = self._whole_copy(name, raw)
         if refine is not None:
             masked = refine(name, masked, mask, self.source.ckpt.tensors[name].dtype)
         out.write(name, masked)
-        return mask
+        return np.packbits(mask.reshape(-1)), int(np.count_nonzero(mask))
 
-    def _masked_blocks(self, name: str, raw: np.ndarray) -> Iterator[np.ndarray]:
+    def _masked_segments(
+        self, raw: np.ndarray, part: MaskPart, packed: np.ndarray, kept: list[int]
+    ) -> Iterator[np.ndarray]:
+        """Masked blocks of `raw` in order, to be written before the next one is asked for."""
         bits = as_unsigned(raw).reshape(-1)
-        block = self._block_buf[: BLOCK * bits.itemsize].view(bits.dtype)
-        for start, part in self.plan.mask_parts(name, self.source, self._mask_buf):
-            for offset in range(0, part.size, BLOCK):  # whole-tensor masks come as one part
-                keep = part[offset : offset + BLOCK]
-                first = start + offset
-                yield np.multiply(bits[first : first + keep.size], keep, out=block[: keep.size])
+        jobs = (
+            partial(_mask_segment, bits, start, part, packed, self._slots[j % len(self._slots)])
+            for j, start in enumerate(range(0, bits.size, SEGMENT))
+        )
+        for masked, count in in_order(jobs, self.pool, self.ahead):
+            kept.append(count)
+            for offset in range(0, masked.size, BLOCK):
+                yield masked[offset : offset + BLOCK]
 
     def _whole_copy(self, name: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(masked copy of the whole of `raw`, keep mask), both valid until the next call."""
         if self._masked_buf.size < self._largest:
             self._masked_buf = np.empty(self._largest, dtype=np.uint8)
+        if self._mask_buf.size < raw.size:
+            self._mask_buf = np.empty(raw.size, dtype=bool)
         masked = self._masked_buf[: raw.nbytes].view(raw.dtype).reshape(raw.shape)
         mask = self.plan.mask(name, self.source, self._mask_buf)
         if self.plan.spec.shuffle:
             mask = shuffle_mask(mask, tensor_rng(self.seed, name, purpose=SHUFFLE_STREAM))
         np.multiply(as_unsigned(raw), mask, out=as_unsigned(masked))  # pruned entries become +0
         return masked, mask
+
+
+def _itemsize(info: Any) -> int:
+    return info.nbytes // info.numel if info.numel else 0
+
+
+def _mask_segment(
+    bits: np.ndarray, start: int, part: MaskPart, packed: np.ndarray, scratch: Scratch
+) -> tuple[np.ndarray, int]:
+    """Zero the pruned entries of one segment of `bits` into `scratch`, a block at a time.
+
+    Also packs the segment's keep bits into its own bytes of `packed` (segments start at
+    multiples of 8). Returns the masked segment and how many entries it keeps.
+    """
+    stop = min(start + SEGMENT, bits.size)
+    masked = scratch.masked[: (stop - start) * bits.itemsize].view(bits.dtype)
+    mask = scratch.mask[: stop - start]
+    for first in range(0, stop - start, BLOCK):
+        last = min(first + BLOCK, stop - start)
+        part(start + first, mask[first:last], scratch.keys)  # in cache for the multiply
+        np.multiply(bits[start + first : start + last], mask[first:last], out=masked[first:last])
+    packed[start // 8 : -(-stop // 8)] = np.packbits(mask)
+    return masked, int(np.count_nonzero(mask))
 
 
 def write_pruned(
@@ -389,23 +468,23 @@ def write_pruned(
     """The final pass: mask every prunable tensor, copy the rest, write both files."""
     ckpt = source.ckpt
     chosen = set(names)
-    copier = MaskedCopier(source, plan, names, seed)
     model_entries = [(n, i.dtype, i.shape) for n, i in ckpt.tensors.items()]
     mask_entries = [(n, "U8", (math.ceil(ckpt.tensors[n].numel / 8),)) for n in names]
     records = []
     progress.stage("writing masked weights", len(model_entries))
-    plan.start()
+    workers = worker_count()
     with (
+        ThreadPoolExecutor(workers) if workers else nullcontext() as pool,
         SafetensorsWriter(folder / MODEL_FILE, model_entries, {"format": "prunecli.model"}) as model_out,
         SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out,
     ):
+        copier = MaskedCopier(source, plan, names, seed, pool, 2 * workers)
         for name, info in ckpt.tensors.items():
             raw = ckpt.view(name)  # read-only; untouched tensors are written straight from it
             kept = info.numel
             if name in chosen:
-                mask = copier.write(name, raw, model_out, refine)
-                kept = int(np.count_nonzero(mask))
-                masks_out.write(name, np.packbits(mask.reshape(-1)))
+                packed, kept = copier.write(name, raw, model_out, refine)
+                masks_out.write(name, packed)
             else:
                 model_out.write(name, raw)
             groups = plan.groups.get(name) if plan.groups is not None else None

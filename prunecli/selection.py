@@ -6,7 +6,8 @@ one counting pass settles it (with a radix select over 16-bit digits as the exac
 It never concatenates the scores, so memory stays near the largest tensor.
 Exactly k = round(N·d) entries are kept. Ties are broken by flat index: weights are pruned
 in ascending order of (score, flat index), so among equal scores the lower index is pruned
-first (the convention of the reference N:M code, methods.md §9).
+first (the convention of the reference N:M code, methods.md §9). A threshold records where
+the pruned ties end, so any block of keys can be masked on its own, in any order.
 """
 
 from __future__ import annotations
@@ -65,14 +66,18 @@ def check_keys(keys: np.ndarray, name: str, invert: bool = False, check: bool = 
 
 @dataclass(frozen=True)
 class Threshold:
-    """Keep every key > `key`, and the keys == `key` after the first `skip` in flat order."""
+    """Keep every key > `key`, and the keys == `key` at positions >= `cut`.
+
+    Positions count every key the passes yield, in order (tensor after tensor, each in flat
+    order), so the ties pruned are exactly the lowest-indexed ones.
+    """
 
     key: int
-    skip: int
+    cut: int = 0
 
 
-KEEP_NONE = Threshold(0xFFFFFFFF, 0)  # no real key is this large (it would be NaN)
-KEEP_ALL = Threshold(0, 0)  # no real key is this small
+KEEP_NONE = Threshold(0xFFFFFFFF)  # no real key is this large (it would be NaN)
+KEEP_ALL = Threshold(0)  # no real key is this small
 
 
 def _bucket(hist: np.ndarray, need: int) -> tuple[int, int]:
@@ -127,22 +132,24 @@ def _threshold_from_sample(passes: Passes, sample: Sampler, k: int, total: int) 
     margin = 8 * math.sqrt(m * (k / total) * (1 - k / total)) + 8
     lo_rank, hi_rank = max(0, int(position - margin)), min(m - 1, int(position + margin))
     lo, hi = np.partition(sampled, [lo_rank, hi_rank])[[lo_rank, hi_rank]]
-    above, candidates = _count_and_gather(passes, int(lo), int(hi))
+    above, candidates, positions = _count_and_gather(passes, int(lo), int(hi))
     need = k - above  # how many of the candidates are kept
     if need <= 0 or need > candidates.size:
         return None
     value = np.partition(candidates, candidates.size - need)[candidates.size - need]
     greater = int(np.count_nonzero(candidates > value))
-    return Threshold(int(value), int(np.count_nonzero(candidates == value)) - (need - greater))
+    tied = positions[candidates == value]  # in order
+    skip = tied.size - (need - greater)  # how many ties are pruned: the first ones
+    return Threshold(int(value), int(tied[skip - 1]) + 1 if skip else 0)
 
 
-def _count_and_gather(passes: Passes, lo: int, hi: int) -> tuple[int, np.ndarray]:
-    """How many keys are above `hi`, and the keys in [lo, hi] (in flat order).
+def _count_and_gather(passes: Passes, lo: int, hi: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """How many keys are above `hi`, and the keys in [lo, hi] with their positions, in order.
 
     Chunk-sized scratch buffers are reused, so the loop allocates nothing per chunk but the
     (few) gathered candidates; `key - lo <= hi - lo` in wrapping uint32 tests both bounds.
     """
-    above, between = 0, []
+    above, between, where, offset = 0, [], [], 0
     flags = np.empty(CHUNK, dtype=bool)
     shifted = np.empty(CHUNK, dtype=np.uint32)
     low, width = np.uint32(lo), np.uint32(hi - lo)
@@ -153,8 +160,13 @@ def _count_and_gather(passes: Passes, lo: int, hi: int) -> tuple[int, np.ndarray
             above += int(np.count_nonzero(flags[:n]))
             np.subtract(part, low, out=shifted[:n])
             np.less_equal(shifted[:n], width, out=flags[:n])
-            between.append(part[flags[:n]])
-    return above, np.concatenate(between) if between else np.empty(0, dtype=np.uint32)
+            found = np.flatnonzero(flags[:n])
+            between.append(part[found])
+            where.append(found + offset)
+            offset += n
+    if not between:
+        return above, np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int64)
+    return above, np.concatenate(between), np.concatenate(where)
 
 
 def _radix_threshold(passes: Passes, k: int, total: int) -> Threshold:
@@ -171,33 +183,52 @@ def _radix_threshold(passes: Passes, k: int, total: int) -> Threshold:
             low += np.bincount(inside & 0xFFFF, minlength=_BINS)
     value, above_in_bucket = _bucket(low, k - above)
     kept_ties = k - above - above_in_bucket
-    return Threshold((bucket << 16) | value, int(low[value]) - kept_ties)
+    key = (bucket << 16) | value
+    return Threshold(key, _cut_after_ties(passes, key, int(low[value]) - kept_ties))
+
+
+def _cut_after_ties(passes: Passes, key: int, skip: int) -> int:
+    """The position just after the `skip`-th key equal to `key` (0 if `skip` is 0)."""
+    if skip == 0:
+        return 0
+    offset = 0
+    for keys in passes():
+        for part in _chunks(keys.reshape(-1)):
+            tied = np.flatnonzero(part == key)
+            if tied.size >= skip:
+                return offset + int(tied[skip - 1]) + 1
+            skip -= tied.size
+            offset += part.size
+    raise AssertionError("fewer ties than the histogram counted")
 
 
 def threshold_mask(
-    keys: np.ndarray, threshold: Threshold, skip_left: int, out: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
-    """The keep mask of some keys, and how many of the `skip_left` tied entries it pruned.
+    keys: np.ndarray, threshold: Threshold, start: int = 0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The keep mask of some keys whose first one sits at position `start` of the passes.
 
-    `out` (a bool array of the keys' size) receives the mask when given.
+    `out` (a bool array of the keys' size) receives the mask when given. Keys wholly before
+    the cut keep only what is above the threshold; keys after it keep the ties too.
     """
     flat = keys.reshape(-1)
-    mask = np.greater_equal(flat, np.uint32(threshold.key), out=None if out is None else out.reshape(-1))
-    if skip_left > 0:
-        tied = np.flatnonzero(flat == threshold.key)[:skip_left]
-        mask[tied] = False
-        return mask.reshape(keys.shape), len(tied)
-    return mask.reshape(keys.shape), 0
+    into = None if out is None else out.reshape(-1)
+    before = threshold.cut - start  # how many of these keys lie before the cut
+    key = np.uint32(threshold.key)
+    if before >= flat.size:
+        return np.greater(flat, key, out=into).reshape(keys.shape)
+    mask = np.greater_equal(flat, key, out=into)
+    if before > 0:
+        mask[np.flatnonzero(flat[:before] == key)] = False
+    return mask.reshape(keys.shape)
 
 
 def global_masks(keys: list[np.ndarray], k: int) -> list[np.ndarray]:
     """Exact top-k keep masks over in-memory key arrays taken together, in flat order."""
     threshold = find_threshold(lambda: keys, k, sum(key.size for key in keys))
-    skip, masks = threshold.skip, []
+    masks, start = [], 0
     for key in keys:
-        mask, used = threshold_mask(key, threshold, skip)
-        skip -= used
-        masks.append(mask)
+        masks.append(threshold_mask(key, threshold, start))
+        start += key.size
     return masks
 
 

@@ -31,13 +31,13 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(selection, "SAMPLE_LIMIT", 256)
 
 
-@pytest.mark.parametrize("dtype", ["F32", "F16"])  # F32: the fast key path; F16: scores, then keys
+@pytest.mark.parametrize("dtype", ["F32", "F16", "F64"])  # F64: no fast keys (scores, then keys)
 @pytest.mark.parametrize("invert", [False, True])
 def test_key_blocks_and_samples_equal_the_whole_keys(
     tmp_path: Path, small_blocks: None, dtype: str, invert: bool
 ) -> None:
     weights = _tied_weights(0)
-    np_dtype = np.float32 if dtype == "F32" else np.float16
+    np_dtype = {"F32": np.float32, "F16": np.float16, "F64": np.float64}[dtype]
     path = tmp_path / "w.safetensors"
     write_arrays(path, {n: (dtype, w.astype(np_dtype)) for n, w in weights.items()}, {})
     with open_checkpoint(path) as ckpt:
@@ -101,3 +101,44 @@ def test_non_finite_weights_are_refused_on_every_path(
     r = cli("apply", path, "-m", "magnitude", "-s", "0.9", "--scope", scope, "-o", tmp_path / "out")
     assert r.code == 3 and "b.weight" in r.err and "NaN or infinite" in r.err
     assert not (tmp_path / "out").exists()
+
+
+def _apply_files(path: Path, out: Path, spec: SelectionSpec, dtype_names: list[str]) -> dict[str, bytes]:
+    with open_checkpoint(path) as ckpt:
+        apply_pruning(ApplyRequest(ckpt, dtype_names, spec, out, method=get_method("magnitude")))
+    return {f: (out / f).read_bytes() for f in ("model.safetensors", "masks.safetensors")}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SelectionSpec(0.3),  # global threshold, blockwise on the fast path
+        SelectionSpec(0.3, min_density=0.2),  # floors: whole masks for some tensors
+        SelectionSpec(0.3, scope="layer"),  # per-tensor top-k
+        SelectionSpec(1.0),  # keep all: nothing counted before the write pass
+    ],
+    ids=["global", "floors", "layer", "keep-all"],
+)
+def test_threaded_segments_write_what_one_thread_writes(
+    tmp_path: Path, small_blocks: None, monkeypatch: pytest.MonkeyPatch, spec: SelectionSpec
+) -> None:
+    """Segments of 104 entries masked on 3 threads: identical files, and masks that match the weights."""
+    monkeypatch.setattr(pruning, "SEGMENT", 104)
+    weights = _tied_weights(3)
+    weights["d.weight"] = weights["a.weight"].astype(np.float64)  # no fast keys: scored whole
+    path = tmp_path / "w.safetensors"
+    write_arrays(path, {n: ("F64" if n == "d.weight" else "F32", w) for n, w in weights.items()}, {})
+    names = list(weights)
+    monkeypatch.setattr(pruning, "worker_count", lambda: 0)
+    inline = _apply_files(path, tmp_path / "inline", spec, names)
+    monkeypatch.setattr(pruning, "worker_count", lambda: 3)
+    assert _apply_files(path, tmp_path / "threads", spec, names) == inline
+    model = SafetensorsReader(tmp_path / "threads" / "model.safetensors")
+    masks = SafetensorsReader(tmp_path / "threads" / "masks.safetensors")
+    for name, source in weights.items():
+        keep = np.unpackbits(masks.read(name))[: source.size].astype(bool)
+        got = model.read(name).ravel()
+        np.testing.assert_array_equal(got, np.where(keep, source.ravel(), 0))
+        assert 0 < keep.sum() <= keep.size
+    model.close()
+    masks.close()

@@ -76,8 +76,8 @@ def test_keep_none_and_all() -> None:
     keys = scores_to_keys(np.arange(5, dtype=np.float32), "t")
     assert find_threshold(lambda: [keys], 0, 5) == KEEP_NONE
     assert find_threshold(lambda: [keys], 5, 5) == KEEP_ALL
-    assert not threshold_mask(keys, KEEP_NONE, 0)[0].any()
-    assert threshold_mask(keys, KEEP_ALL, 0)[0].all()
+    assert not threshold_mask(keys, KEEP_NONE).any()
+    assert threshold_mask(keys, KEEP_ALL).all()
 
 
 def test_keep_count_rounds_half_up() -> None:
@@ -110,14 +110,20 @@ def test_shuffle_keeps_count_and_moves_entries() -> None:
 
 
 def test_magnitude_fast_keys_equal_the_general_path() -> None:
+    from prunecli.dtypes import to_float32
     from prunecli.scoring.magnitude import magnitude_keys, magnitude_scores
 
     values = np.random.default_rng(4).standard_normal(10_000).astype(np.float32)
     values[:4] = [0.0, -0.0, 3e38, -1e-40]
-    fast = magnitude_keys(values, "F32", np.empty(values.size, np.uint32))
-    slow = scores_to_keys(magnitude_scores("w", values, 0), "w")
-    np.testing.assert_array_equal(fast, slow)
-    assert magnitude_keys(values[4:].astype(np.float16), "F16", np.empty(values.size - 4, np.uint32)) is None
+    for dtype, raw in [
+        ("F32", values),
+        ("F16", np.clip(values, -6e4, 6e4).astype(np.float16)),
+        ("BF16", (values.view(np.uint32) >> 16).astype(np.uint16)),  # truncated to bfloat16
+    ]:
+        fast = magnitude_keys(raw, dtype, np.empty(values.size, np.uint32))
+        slow = scores_to_keys(magnitude_scores("w", to_float32(raw, dtype), 0), "w")
+        np.testing.assert_array_equal(fast, slow)
+    assert magnitude_keys(values.astype(np.float64), "F64", np.empty(values.size, np.uint32)) is None
 
 
 @pytest.mark.parametrize("k", [1, 1000, 1_500_000, 2_999_999])
@@ -154,13 +160,31 @@ def test_threshold_is_the_same_when_keys_come_in_blocks() -> None:
     whole = find_threshold(lambda: [keys], 300_001, keys.size)
     blocks = find_threshold(lambda: np.array_split(keys, 37), 300_001, keys.size)
     assert whole == blocks
-    np.testing.assert_array_equal(threshold_mask(keys, whole, whole.skip)[0], reference_mask(values, 300_001))
+    np.testing.assert_array_equal(threshold_mask(keys, whole), reference_mask(values, 300_001))
+
+
+@pytest.mark.parametrize("size", [5_000, 1_500_000])  # the radix path, and the sampled one
+def test_blocks_masked_alone_in_any_order_match_the_reference(size: int) -> None:
+    """The threshold's cut says which ties are pruned, so a block needs only its position."""
+    rng = np.random.default_rng(12)
+    values = (rng.integers(-40, 41, size) / 8).astype(np.float32)  # heavy ties
+    keys = scores_to_keys(values.copy(), "t")
+    k = size // 5 + 1
+    threshold = find_threshold(lambda: np.array_split(keys, 7), k, size)
+    assert threshold.cut > 0  # the boundary value is tied, and some of its ties are pruned
+    starts = list(range(0, size, 997))
+    mask = np.empty(size, dtype=bool)
+    for start in rng.permutation(starts):
+        threshold_mask(keys[start : start + 997], threshold, int(start), mask[start : start + 997])
+    np.testing.assert_array_equal(mask, reference_mask(values, k))
 
 
 def test_threshold_mask_writes_into_out() -> None:
     keys = scores_to_keys(np.array([3, 1, 2, 2, 5], np.float32), "t")
     out = np.ones(5, dtype=bool)
-    mask, used = threshold_mask(keys, find_threshold(lambda: [keys], 3, 5), 1, out)
+    threshold = find_threshold(lambda: [keys], 3, 5)
+    assert threshold.cut == 3  # prune the tie at position 2, keep the one at 3
+    mask = threshold_mask(keys, threshold, 0, out)
     assert mask.base is out or mask is out
     np.testing.assert_array_equal(out, [True, False, False, True, True])  # the lower tied index pruned
-    assert used == 1
+    np.testing.assert_array_equal(threshold_mask(keys[3:], threshold, 3), [True, True])

@@ -1,0 +1,54 @@
+"""Run independent calls on a few threads and take their results in the order given.
+
+`apply` masks a tensor's segments on worker threads while the main thread writes the
+finished ones: numpy releases the GIL inside its loops, so masking overlaps the writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import TypeVar
+
+T = TypeVar("T")
+
+MAX_WORKERS = 4  # enough to keep ahead of one writer; more only costs memory
+
+
+def worker_count() -> int:
+    """Masking threads for this process: one per usable core, at most MAX_WORKERS.
+
+    One core means no threads at all (the calls run inline).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return min(MAX_WORKERS, cores) if cores > 1 else 0
+
+
+def in_order(calls: Iterable[Callable[[], T]], pool: Executor | None, ahead: int) -> Iterator[T]:
+    """Results of `calls`, in order, with up to `ahead` further calls running meanwhile.
+
+    When result j is yielded, calls up to j + ahead have started, and call j + ahead + 1
+    starts only once the consumer asks for the next result. So with ahead + 1 scratch
+    slots, call j may use slot j % (ahead + 1). Without a pool, each call runs when its
+    result is wanted. If the consumer stops early, calls not yet started are cancelled.
+    """
+    if pool is None:
+        for call in calls:
+            yield call()
+        return
+    pending: deque[Future[T]] = deque()
+    try:
+        for call in calls:
+            pending.append(pool.submit(call))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
