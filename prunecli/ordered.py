@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -52,3 +53,32 @@ def in_order(calls: Iterable[Callable[[], T]], pool: Executor | None, ahead: int
     finally:
         for future in pending:
             future.cancel()
+
+
+class Workers:
+    """A thread pool of `count` threads (none: calls run inline) and its look-ahead.
+
+    Callers that reuse scratch give each call one of `slots` buffers, slot j % slots.
+    """
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+        self.ahead = 2 * count
+        self.slots = self.ahead + 1
+        self._pool = ThreadPoolExecutor(count) if count else None
+
+    def in_order(self, calls: Iterable[Callable[[], T]]) -> Iterator[T]:
+        """`in_order` on this pool."""
+        return in_order(calls, self._pool, self.ahead)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+INLINE = Workers(0)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,13 +26,14 @@ from prunecli.dtypes import as_unsigned, finite_weights, raw_dtype
 from prunecli.errors import InputError, UsageError
 from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
-from prunecli.ordered import in_order, worker_count
+from prunecli.ordered import INLINE, Workers, worker_count
 from prunecli.progress import NoProgress, Progress
 from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.random_baseline import tensor_rng
 from prunecli.scoring.registry import Method
 from prunecli.selection import (
     KEEP_ALL,
+    KeyJob,
     Threshold,
     check_keys,
     erk_densities,
@@ -119,7 +119,8 @@ class KeySource:
 
     Weights are read through `Checkpoint.view` (a memory map for safetensors), so a pass
     copies nothing it does not change. Where the method has a fast path from raw weights to
-    keys, keys are made a block at a time (`key_blocks`, `sample_keys`), in cache.
+    keys, keys are made a block at a time (`key_jobs`, `keys_at`, `sample_keys`), in cache,
+    and independently, so passes can run on several threads.
     """
 
     def __init__(
@@ -135,7 +136,6 @@ class KeySource:
         self.ckpt, self.method, self.scores_file, self.seed, self.invert = ckpt, method, scores, seed, invert
         largest = max((ckpt.tensors[n].numel for n in names), default=0)
         self._scores_buf = np.empty(largest, dtype=np.float32)
-        self._block_buf = np.empty(min(largest, BLOCK), dtype=np.uint32)
         self._checked: set[str] = set()  # tensors whose keys were all checked for NaN/Inf
 
     def scores(self, name: str) -> np.ndarray:
@@ -150,7 +150,7 @@ class KeySource:
     def keys(self, name: str) -> np.ndarray:
         """Selection keys of the whole tensor `name` (valid until the next call)."""
         info = self.ckpt.tensors[name]
-        if self._fast(info.dtype):
+        if self.fast(info.dtype):
             out = self._scores_buf[: info.numel].view(np.uint32)
             keys = self.method.keys(self.ckpt.view(name).reshape(-1), info.dtype, out)
             keys = check_keys(keys, name, self.invert, name not in self._checked)
@@ -158,18 +158,23 @@ class KeySource:
             return keys.reshape(info.shape)
         return scores_to_keys(self.scores(name), name, self.invert)
 
-    def key_blocks(self, name: str) -> Iterator[np.ndarray]:
-        """The keys of `name` in flat order, in blocks (each valid until the next)."""
+    def key_jobs(self, name: str) -> Iterator[np.ndarray | KeyJob]:
+        """The keys of `name` for one pass of `find_threshold`, in flat order.
+
+        On the fast path: one `KeyJob` per segment, keying its own entries, so jobs may run
+        on several threads. Otherwise: the whole tensor's keys (valid until the next `keys`).
+        """
         info = self.ckpt.tensors[name]
-        if not self._fast(info.dtype):
-            keys = self.keys(name).reshape(-1)
-            for start in range(0, keys.size, BLOCK):
-                yield keys[start : start + BLOCK]
+        if not self.fast(info.dtype):
+            yield self.keys(name).reshape(-1)
             return
-        raw, check = self.ckpt.view(name).reshape(-1), name not in self._checked
-        for start in range(0, raw.size, BLOCK):
-            yield self._block_keys(name, raw[start : start + BLOCK], self._block_buf, check)
-        self._checked.add(name)  # the file does not change between passes: once is enough
+        keys_at = self.keys_at(name)
+        for start in range(0, info.numel, SEGMENT):
+            yield partial(_segment_keys, keys_at, start, min(start + SEGMENT, info.numel))
+
+    def mark_checked(self, names: list[str]) -> None:
+        """Record that every key of `names` passed the NaN/Inf check (the file does not change)."""
+        self._checked.update(names)
 
     def keys_at(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray]:
         """`keys_at(name)(start, n, scratch)`: the keys of flat entries [start, start + n).
@@ -179,7 +184,7 @@ class KeySource:
         here, once, and calls slice it (valid until the next `keys`).
         """
         info = self.ckpt.tensors[name]
-        if not self._fast(info.dtype):
+        if not self.fast(info.dtype):
             whole = self.keys(name).reshape(-1)
             return lambda start, n, scratch: whole[start : start + n]
         raw, check = self.ckpt.view(name).reshape(-1), name not in self._checked
@@ -192,13 +197,13 @@ class KeySource:
     def sample_keys(self, name: str, stride: int) -> np.ndarray:
         """`keys(name).reshape(-1)[::stride]`, computing only the sampled keys where it can."""
         info = self.ckpt.tensors[name]
-        if not self._fast(info.dtype):
+        if not self.fast(info.dtype):
             return self.keys(name).reshape(-1)[::stride].copy()
         sampled = np.ascontiguousarray(self.ckpt.view(name).reshape(-1)[::stride])
         keys = self.method.keys(sampled, info.dtype, np.empty(sampled.size, dtype=np.uint32))
         return check_keys(keys, name, self.invert)
 
-    def _fast(self, dtype: str) -> bool:
+    def fast(self, dtype: str) -> bool:
         """Whether the method makes keys straight from raw weights of this dtype (elementwise)."""
         if self.scores_file is not None or self.method.keys is None:
             return False
@@ -216,6 +221,14 @@ class Scratch:
 
 
 MaskPart = Callable[[int, np.ndarray, np.ndarray], object]
+
+
+def _segment_keys(
+    keys_at: Callable[[int, int, np.ndarray], np.ndarray], start: int, stop: int, scratch: np.ndarray
+) -> Iterator[np.ndarray]:
+    """A `KeyJob`: the keys of entries [start, stop), made in `scratch` a block at a time."""
+    for first in range(start, stop, scratch.size):
+        yield keys_at(first, min(scratch.size, stop - first), scratch)
 
 
 @dataclass
@@ -280,8 +293,10 @@ class MaskPlan:
         return reserved
 
 
-def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress) -> MaskPlan:
-    """Decide per-tensor counts, and for global scope run the streamed radix select."""
+def plan_masks(
+    source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress, workers: Workers = INLINE
+) -> MaskPlan:
+    """Decide per-tensor counts, and for global scope run the streamed select (on `workers`)."""
     infos = [source.ckpt.tensors[n] for n in names]
     if spec.structure:
         return _plan_groups(source, names, spec, progress)
@@ -307,25 +322,28 @@ def plan_masks(source: KeySource, names: list[str], spec: SelectionSpec, progres
         plan.threshold = KEEP_ALL
         return plan
 
-    def passes() -> Iterator[np.ndarray]:
+    def passes() -> Iterator[np.ndarray | KeyJob]:
         progress.stage("selecting (global top-k)", len(names))
         for name in names:
             if name in plan.counts:
-                yield plan.residual(name, source.keys(name))[0]
+                yield plan.residual(name, source.keys(name))[0]  # a copy: stays valid
             else:
-                yield from source.key_blocks(name)
+                yield from source.key_jobs(name)
             progress.advance()
+        source.mark_checked(names)  # a job that finds NaN fails the whole select
 
-    def sample(stride: int) -> Iterator[np.ndarray]:
+    def sample(stride: int) -> Iterator[np.ndarray | Callable[[], np.ndarray]]:
         progress.stage("sampling scores", len(names))
         for name in names:
             if name in plan.counts:
                 yield plan.residual(name, source.keys(name))[0][::stride]
             else:
-                yield source.sample_keys(name, stride)
+                yield partial(source.sample_keys, name, stride)
             progress.advance()
 
-    plan.threshold = find_threshold(passes, k, free_total, sample)
+    # Whole-tensor keys share one buffer, so only the fast path may run ahead on threads.
+    fast = all(source.fast(i.dtype) for n, i in zip(names, infos, strict=True) if n not in plan.counts)
+    plan.threshold = find_threshold(passes, k, free_total, sample, workers if fast else INLINE)
     return plan
 
 
@@ -373,17 +391,16 @@ class MaskedCopier:
         plan: MaskPlan,
         names: list[str],
         seed: int,
-        pool: Executor | None,
-        ahead: int,
+        workers: Workers,
     ) -> None:
-        self.source, self.plan, self.seed, self.pool, self.ahead = source, plan, seed, pool, ahead
+        self.source, self.plan, self.seed, self.workers = source, plan, seed, workers
         tensors = source.ckpt.tensors
         self._masked_buf = np.empty(0, dtype=np.uint8)  # whole masked tensors, only when needed
         self._largest = max((tensors[n].nbytes for n in names), default=0)
         self._mask_buf = np.empty(0, dtype=bool)
         entries = min(SEGMENT, max((tensors[n].numel for n in names), default=0))
         widest = max((_itemsize(tensors[n]) for n in names), default=0)
-        self._slots = [Scratch(entries, widest) for _ in range(ahead + 1)]  # one per job in flight
+        self._slots = [Scratch(entries, widest) for _ in range(workers.slots)]  # one per job in flight
 
     def write(
         self, name: str, raw: np.ndarray, out: SafetensorsWriter, refine: Refiner | None
@@ -414,7 +431,7 @@ class MaskedCopier:
             partial(_mask_segment, bits, start, part, packed, self._slots[j % len(self._slots)])
             for j, start in enumerate(range(0, bits.size, SEGMENT))
         )
-        for masked, count in in_order(jobs, self.pool, self.ahead):
+        for masked, count in self.workers.in_order(jobs):
             kept.append(count)
             for offset in range(0, masked.size, BLOCK):
                 yield masked[offset : offset + BLOCK]
@@ -464,21 +481,20 @@ def write_pruned(
     seed: int,
     progress: Progress,
     refine: Refiner | None = None,
+    workers: Workers = INLINE,
 ) -> list[dict[str, Any]]:
-    """The final pass: mask every prunable tensor, copy the rest, write both files."""
+    """The final pass: mask every prunable tensor (on `workers`), copy the rest, write both files."""
     ckpt = source.ckpt
     chosen = set(names)
     model_entries = [(n, i.dtype, i.shape) for n, i in ckpt.tensors.items()]
     mask_entries = [(n, "U8", (math.ceil(ckpt.tensors[n].numel / 8),)) for n in names]
     records = []
     progress.stage("writing masked weights", len(model_entries))
-    workers = worker_count()
     with (
-        ThreadPoolExecutor(workers) if workers else nullcontext() as pool,
         SafetensorsWriter(folder / MODEL_FILE, model_entries, {"format": "prunecli.model"}) as model_out,
         SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out,
     ):
-        copier = MaskedCopier(source, plan, names, seed, pool, 2 * workers)
+        copier = MaskedCopier(source, plan, names, seed, workers)
         for name, info in ckpt.tensors.items():
             raw = ckpt.view(name)  # read-only; untouched tensors are written straight from it
             kept = info.numel
@@ -545,16 +561,19 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
     if not req.names:
         raise InputError("no tensor is prunable", "choose tensors with --include GLOB")
     ckpt = req.checkpoint
-    with ThreadPoolExecutor(max_workers=2) as pool:  # hashing overlaps with selection
+    with (
+        ThreadPoolExecutor(max_workers=2) as pool,  # hashing overlaps with selection
+        Workers(worker_count()) as workers,  # selection and masking, while the main thread writes
+    ):
         source_hash = pool.submit(ckpt.sha256)
         scores_hash = pool.submit(req.scores.sha256) if req.scores is not None else None
         with output_folder(req.out, req.force) as folder:
             source = KeySource(
                 ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
             )
-            plan = plan_masks(source, req.names, req.spec, progress)
+            plan = plan_masks(source, req.names, req.spec, progress, workers)
             refine, isometry = isometry_refiner(*req.isometry) if req.isometry else (None, None)
-            records = write_pruned(source, plan, req.names, folder, req.seed, progress, refine)
+            records = write_pruned(source, plan, req.names, folder, req.seed, progress, refine, workers)
             source_sha = source_hash.result()
             _warn_if_scored_elsewhere(req, source_sha)
             manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result())

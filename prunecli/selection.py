@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from prunecli.errors import ScoreError, UsageError
+from prunecli.ordered import INLINE, Workers
 
 CHUNK = 1 << 18  # elements per chunk: small enough that a chunk's temporaries stay in cache
 _BINS = 1 << 16
@@ -92,11 +94,17 @@ SAMPLE_LIMIT = 1 << 23  # keys in the bounding sample (32 MB)
 SAMPLE_MIN_TOTAL = 1 << 20  # below this, the radix select alone is cheap
 
 
-Passes = Callable[[], Iterable[np.ndarray]]
-Sampler = Callable[[int], Iterable[np.ndarray]]
+KeyJob = Callable[[np.ndarray], Iterable[np.ndarray]]
+"""`job(scratch)` yields some keys in flat order, in arrays no longer than `scratch` (uint32),
+made in it or held elsewhere. Jobs of one pass may run on several threads, each with its own
+scratch, so a job must not share other buffers."""
+Passes = Callable[[], Iterable[np.ndarray | KeyJob]]
+Sampler = Callable[[int], Iterable[np.ndarray | Callable[[], np.ndarray]]]
 
 
-def find_threshold(passes: Passes, k: int, total: int, sample: Sampler | None = None) -> Threshold:
+def find_threshold(
+    passes: Passes, k: int, total: int, sample: Sampler | None = None, workers: Workers = INLINE
+) -> Threshold:
     """The threshold that keeps exactly the k largest keys among `total`.
 
     Large inputs first bound the k-th key from a strided sample (pass 1), then count the keys
@@ -105,34 +113,56 @@ def find_threshold(passes: Passes, k: int, total: int, sample: Sampler | None = 
     the threshold is the exact k-th largest key, so the result does not depend on the path.
 
     Args:
-        passes: called up to four times; each call yields every key once, in flat order, in
-            arrays of any size (a tensor's keys may come in blocks).
+        passes: called up to four times; each call yields every key once, in flat order, as
+            arrays of any size (a tensor's keys may come in blocks) or as `KeyJob`s.
         k: how many to keep (0 <= k <= total).
         total: how many keys the passes yield in all.
-        sample: `sample(stride)` yields `keys.reshape(-1)[::stride]` of every tensor in order;
-            lets a caller compute only the sampled keys. Default: taken from `passes`.
+        sample: `sample(stride)` yields `keys.reshape(-1)[::stride]` of every tensor in order,
+            as arrays or as calls that make them; lets a caller compute only the sampled
+            keys. Default: taken from `passes`.
+        workers: threads for the sampling and counting passes. Give more than INLINE only
+            when an item stays valid while later ones are made (jobs and calls do).
     """
     if k <= 0:
         return KEEP_NONE
     if k >= total:
         return KEEP_ALL
     if total >= SAMPLE_MIN_TOTAL:
-        sample = sample or (lambda stride: (keys.reshape(-1)[::stride] for keys in passes()))
-        found = _threshold_from_sample(passes, sample, k, total)
+        sample = sample or (lambda stride: (keys[::stride] for keys in _flat_keys(passes)))
+        found = _threshold_from_sample(passes, sample, k, total, workers)
         if found is not None:
             return found
     return _radix_threshold(passes, k, total)
 
 
-def _threshold_from_sample(passes: Passes, sample: Sampler, k: int, total: int) -> Threshold | None:
+def _parts(item: np.ndarray | KeyJob, scratch: np.ndarray) -> Iterable[np.ndarray]:
+    """The keys of one pass item in chunks: an array as it is, a job's output as it comes."""
+    for keys in item(scratch) if callable(item) else (item,):
+        yield from _chunks(keys.reshape(-1))
+
+
+def _flat_keys(passes: Passes) -> Iterable[np.ndarray]:
+    """Every key of a pass as one flat array per item (a job's keys copied out of its scratch)."""
+    scratch = np.empty(CHUNK, dtype=np.uint32)
+    for item in passes():
+        if not callable(item):
+            yield item.reshape(-1)
+            continue
+        yield np.concatenate([part.copy() for part in _parts(item, scratch)] or [np.empty(0, np.uint32)])
+
+
+def _threshold_from_sample(
+    passes: Passes, sample: Sampler, k: int, total: int, workers: Workers = INLINE
+) -> Threshold | None:
     stride = max(1, -(-total // SAMPLE_LIMIT))
-    sampled = np.concatenate(list(sample(stride)))
+    calls = (item if callable(item) else partial(np.asarray, item) for item in sample(stride))
+    sampled = np.concatenate(list(workers.in_order(calls)))
     m = sampled.size
     position = m - k / stride  # where the k-th largest falls in the sorted sample
     margin = 8 * math.sqrt(m * (k / total) * (1 - k / total)) + 8
     lo_rank, hi_rank = max(0, int(position - margin)), min(m - 1, int(position + margin))
     lo, hi = np.partition(sampled, [lo_rank, hi_rank])[[lo_rank, hi_rank]]
-    above, candidates, positions = _count_and_gather(passes, int(lo), int(hi))
+    above, candidates, positions = _count_and_gather(passes, int(lo), int(hi), workers)
     need = k - above  # how many of the candidates are kept
     if need <= 0 or need > candidates.size:
         return None
@@ -143,42 +173,71 @@ def _threshold_from_sample(passes: Passes, sample: Sampler, k: int, total: int) 
     return Threshold(int(value), int(tied[skip - 1]) + 1 if skip else 0)
 
 
-def _count_and_gather(passes: Passes, lo: int, hi: int) -> tuple[int, np.ndarray, np.ndarray]:
+class _CountScratch:
+    """Chunk-sized buffers of one counting job, reused from job to job."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(CHUNK, dtype=np.uint32)
+        self.shifted = np.empty(CHUNK, dtype=np.uint32)
+        self.flags = np.empty(CHUNK, dtype=bool)
+
+
+def _count_and_gather(
+    passes: Passes, lo: int, hi: int, workers: Workers = INLINE
+) -> tuple[int, np.ndarray, np.ndarray]:
     """How many keys are above `hi`, and the keys in [lo, hi] with their positions, in order.
 
-    Chunk-sized scratch buffers are reused, so the loop allocates nothing per chunk but the
-    (few) gathered candidates; `key - lo <= hi - lo` in wrapping uint32 tests both bounds.
+    Each pass item is counted on its own (on `workers`) and the results joined in order.
     """
+    slots = [_CountScratch() for _ in range(workers.slots)]
+    calls = (partial(_count_item, item, lo, hi, slots[j % len(slots)]) for j, item in enumerate(passes()))
     above, between, where, offset = 0, [], [], 0
-    flags = np.empty(CHUNK, dtype=bool)
-    shifted = np.empty(CHUNK, dtype=np.uint32)
-    low, width = np.uint32(lo), np.uint32(hi - lo)
-    for keys in passes():
-        for part in _chunks(keys.reshape(-1)):
-            n = part.size
-            np.greater(part, np.uint32(hi), out=flags[:n])
-            above += int(np.count_nonzero(flags[:n]))
-            np.subtract(part, low, out=shifted[:n])
-            np.less_equal(shifted[:n], width, out=flags[:n])
-            found = np.flatnonzero(flags[:n])
-            between.append(part[found])
-            where.append(found + offset)
-            offset += n
+    for size, item_above, keys, positions in workers.in_order(calls):
+        above += item_above
+        between.append(keys)
+        where.append(positions + offset)
+        offset += size
     if not between:
         return above, np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int64)
     return above, np.concatenate(between), np.concatenate(where)
 
 
+def _count_item(
+    item: np.ndarray | KeyJob, lo: int, hi: int, scratch: _CountScratch
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(keys in the item, how many are above `hi`, those in [lo, hi], their positions in it).
+
+    Allocates nothing per chunk but the (few) gathered candidates; `key - lo <= hi - lo` in
+    wrapping uint32 tests both bounds at once.
+    """
+    above, between, where, offset = 0, [], [], 0
+    low, width = np.uint32(lo), np.uint32(hi - lo)
+    for part in _parts(item, scratch.keys):
+        n = part.size
+        flags, shifted = scratch.flags[:n], scratch.shifted[:n]
+        np.greater(part, np.uint32(hi), out=flags)
+        above += int(np.count_nonzero(flags))
+        np.subtract(part, low, out=shifted)
+        np.less_equal(shifted, width, out=flags)
+        found = np.flatnonzero(flags)
+        between.append(part[found])
+        where.append(found + offset)
+        offset += n
+    if not between:
+        return offset, above, np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int64)
+    return offset, above, np.concatenate(between), np.concatenate(where)
+
+
 def _radix_threshold(passes: Passes, k: int, total: int) -> Threshold:
     """A histogram of the top 16 key bits, then of the low 16 bits inside the boundary bucket."""
-    high = np.zeros(_BINS, dtype=np.int64)
-    for keys in passes():
-        for part in _chunks(keys.reshape(-1)):
+    high, scratch = np.zeros(_BINS, dtype=np.int64), np.empty(CHUNK, dtype=np.uint32)
+    for item in passes():
+        for part in _parts(item, scratch):
             high += np.bincount(part >> 16, minlength=_BINS)
     bucket, above = _bucket(high, k)
     low = np.zeros(_BINS, dtype=np.int64)
-    for keys in passes():
-        for part in _chunks(keys.reshape(-1)):
+    for item in passes():
+        for part in _parts(item, scratch):
             inside = part[(part >> 16) == bucket]
             low += np.bincount(inside & 0xFFFF, minlength=_BINS)
     value, above_in_bucket = _bucket(low, k - above)
@@ -191,9 +250,9 @@ def _cut_after_ties(passes: Passes, key: int, skip: int) -> int:
     """The position just after the `skip`-th key equal to `key` (0 if `skip` is 0)."""
     if skip == 0:
         return 0
-    offset = 0
-    for keys in passes():
-        for part in _chunks(keys.reshape(-1)):
+    offset, scratch = 0, np.empty(CHUNK, dtype=np.uint32)
+    for item in passes():
+        for part in _parts(item, scratch):
             tied = np.flatnonzero(part == key)
             if tied.size >= skip:
                 return offset + int(tied[skip - 1]) + 1

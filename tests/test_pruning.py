@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ def _tied_weights(seed: int) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of 97 keys and the sampled threshold on from 1,000 keys, so every path is taken."""
+    """Blocks of 97 keys, segments of 392 (a multiple of 8), and the sampled threshold on from 1,000 keys."""
     monkeypatch.setattr(pruning, "BLOCK", 97)
+    monkeypatch.setattr(pruning, "SEGMENT", 392)
     monkeypatch.setattr(selection, "SAMPLE_MIN_TOTAL", 1000)
     monkeypatch.setattr(selection, "SAMPLE_LIMIT", 256)
 
@@ -44,8 +46,12 @@ def test_key_blocks_and_samples_equal_the_whole_keys(
         source = KeySource(ckpt, list(SHAPES), method=get_method("magnitude"), invert=invert)
         for name in SHAPES:
             whole = source.keys(name).reshape(-1).copy()
-            blocks = [b.copy() for b in source.key_blocks(name)]
-            assert max(b.size for b in blocks) <= 97
+            blocks = []
+            for item in source.key_jobs(name):
+                blocks += (
+                    [b.copy() for b in item(np.empty(97, np.uint32))] if callable(item) else [item.copy()]
+                )
+            assert dtype == "F64" or max(b.size for b in blocks) <= 97
             np.testing.assert_array_equal(np.concatenate(blocks), whole)
             np.testing.assert_array_equal(source.sample_keys(name, 7), whole[::7])
 
@@ -119,20 +125,33 @@ def _apply_files(path: Path, out: Path, spec: SelectionSpec, dtype_names: list[s
     ],
     ids=["global", "floors", "layer", "keep-all"],
 )
+@pytest.mark.parametrize("extra", ["BF16", "F64"])  # F64 has no fast keys: selection runs inline
 def test_threaded_segments_write_what_one_thread_writes(
-    tmp_path: Path, small_blocks: None, monkeypatch: pytest.MonkeyPatch, spec: SelectionSpec
+    tmp_path: Path, small_blocks: None, monkeypatch: pytest.MonkeyPatch, spec: SelectionSpec, extra: str
 ) -> None:
-    """Segments of 104 entries masked on 3 threads: identical files, and masks that match the weights."""
-    monkeypatch.setattr(pruning, "SEGMENT", 104)
+    """Select and mask on 3 threads: identical files, and masks that match the weights."""
     weights = _tied_weights(3)
-    weights["d.weight"] = weights["a.weight"].astype(np.float64)  # no fast keys: scored whole
+    halved = (weights["a.weight"].view(np.uint32) >> 16).astype(np.uint16)  # exact in bfloat16
+    weights["d.weight"] = halved if extra == "BF16" else weights["a.weight"].astype(np.float64)
     path = tmp_path / "w.safetensors"
-    write_arrays(path, {n: ("F64" if n == "d.weight" else "F32", w) for n, w in weights.items()}, {})
+    write_arrays(path, {n: (extra if n == "d.weight" else "F32", w) for n, w in weights.items()}, {})
     names = list(weights)
+    counted_on: set[str] = set()
+    count_item = selection._count_item
+
+    def spy(*args: object) -> object:
+        counted_on.add(threading.current_thread().name)
+        return count_item(*args)
+
+    monkeypatch.setattr(selection, "_count_item", spy)
     monkeypatch.setattr(pruning, "worker_count", lambda: 0)
     inline = _apply_files(path, tmp_path / "inline", spec, names)
     monkeypatch.setattr(pruning, "worker_count", lambda: 3)
+    counted_on.clear()
     assert _apply_files(path, tmp_path / "threads", spec, names) == inline
+    if spec.scope == "global" and spec.density < 1:  # the count ran on workers unless a key was whole
+        threaded = extra == "BF16" or spec.min_density > 0
+        assert (counted_on != {threading.main_thread().name}) == threaded
     model = SafetensorsReader(tmp_path / "threads" / "model.safetensors")
     masks = SafetensorsReader(tmp_path / "threads" / "masks.safetensors")
     for name, source in weights.items():
