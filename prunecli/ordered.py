@@ -13,16 +13,26 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TypeVar
 
+from prunecli.errors import UsageError
+
 T = TypeVar("T")
 
-MAX_WORKERS = 4  # enough to keep ahead of one writer; more only costs memory
+MAX_WORKERS = 4  # by default: enough to keep ahead of one writer; more only costs memory
+THREADS_VARIABLE = "PRUNECLI_THREADS"
 
 
 def worker_count() -> int:
-    """Masking threads for this process: one per usable core, at most MAX_WORKERS.
-
-    One core means no threads at all (the calls run inline).
+    """Worker threads for this process: PRUNECLI_THREADS if set, else one per usable core,
+    at most MAX_WORKERS. 0 (or a single core) means no threads: calls run inline.
     """
+    setting = os.environ.get(THREADS_VARIABLE, "").strip()
+    if setting:
+        if not setting.isdigit():
+            raise UsageError(
+                f"{THREADS_VARIABLE}={setting!r} is not a whole number",
+                f"set it to 0 (no worker threads) or more, e.g. {THREADS_VARIABLE}=4, or unset it",
+            )
+        return int(setting)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+import pytest
+
 from prunecli.ordered import Workers, in_order, worker_count
+from prunecli.safetensors_io import write_arrays
 
 
 def test_results_come_in_order_with_a_bounded_look_ahead() -> None:
@@ -42,5 +46,19 @@ def test_calls_past_the_look_ahead_never_start_when_the_consumer_stops() -> None
     assert len(started) <= 1 + workers.ahead
 
 
-def test_worker_count_is_bounded() -> None:
+def test_worker_count_is_bounded_and_can_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRUNECLI_THREADS", raising=False)
     assert 0 <= worker_count() <= 4 and worker_count() != 1
+    monkeypatch.setenv("PRUNECLI_THREADS", "6")
+    assert worker_count() == 6
+    monkeypatch.setenv("PRUNECLI_THREADS", "0")
+    assert worker_count() == 0
+
+
+def test_a_bad_thread_count_is_a_usage_error(cli, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "w.safetensors"
+    write_arrays(path, {"w": ("F32", np.ones((4, 4), np.float32))}, {})
+    monkeypatch.setenv("PRUNECLI_THREADS", "many")
+    r = cli("apply", path, "-m", "magnitude", "-s", "0.5", "-o", tmp_path / "out")
+    assert r.code == 2 and "PRUNECLI_THREADS='many' is not a whole number" in r.err
+    assert len(r.err.strip().splitlines()) <= 2 and not (tmp_path / "out").exists()
