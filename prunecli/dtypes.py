@@ -57,14 +57,24 @@ def as_unsigned(raw: np.ndarray) -> np.ndarray:
     return raw.view(_UINT_OF_WIDTH[raw.dtype.itemsize])
 
 
+ZERO_BLOCK = 1 << 18  # entries masked per step in zero_count: the temporary stays in cache
+
+
 def zero_count(raw: np.ndarray, dtype: str) -> int:
-    """Entries equal to zero; for floats, -0.0 counts (all bits but the sign are zero)."""
+    """Entries equal to zero; for floats, -0.0 counts (all bits but the sign are zero).
+
+    Floats are counted a block at a time, so `raw` can be a memory map of any size.
+    """
     bits = as_unsigned(raw.reshape(-1))
-    if is_float(dtype):
-        sign = np.array(1 << (8 * raw.dtype.itemsize - 1), dtype=bits.dtype)
-        nonzero_bits = np.bitwise_and(bits, ~sign)
-        return int(nonzero_bits.size - np.count_nonzero(nonzero_bits))
-    return int(bits.size - np.count_nonzero(bits))
+    if not is_float(dtype):
+        return int(bits.size - np.count_nonzero(bits))
+    magnitude = ~np.array(1 << (8 * raw.dtype.itemsize - 1), dtype=bits.dtype)
+    scratch = np.empty(min(bits.size, ZERO_BLOCK), dtype=bits.dtype)
+    nonzero = 0
+    for start in range(0, bits.size, ZERO_BLOCK):
+        part = bits[start : start + ZERO_BLOCK]
+        nonzero += int(np.count_nonzero(np.bitwise_and(part, magnitude, out=scratch[: part.size])))
+    return bits.size - nonzero
 
 
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:

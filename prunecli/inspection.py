@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from prunecli.checkpoints import open_checkpoint, require_file
 from prunecli.dtypes import zero_count
 from prunecli.errors import InputError, UsageError
@@ -37,10 +35,9 @@ def summarize_checkpoint(
     """Count the nonzeros of every tensor; the prunable ones form the totals."""
     with open_checkpoint(path) as ckpt:
         chosen = set(prunable_names(ckpt.tensors, include, exclude))
-        scratch = np.empty(max((i.nbytes for i in ckpt.tensors.values()), default=0), np.uint8)
         tensors = []
         for name, info in ckpt.tensors.items():
-            kept = info.numel - zero_count(ckpt.read(name, scratch), info.dtype)
+            kept = info.numel - zero_count(ckpt.view(name), info.dtype)  # mapped, not copied
             tensors.append(
                 {
                     "name": name,

@@ -148,3 +148,18 @@ def test_scalar_tensors_keep_their_shape(tmp_path: Path) -> None:
     save_state_dict(tensors, tmp_path / "x.safetensors", {})
     loaded = load_state_dict(tmp_path / "x.safetensors")
     assert loaded["bn.num_batches_tracked"].shape == () and loaded["bn.num_batches_tracked"].item() == 7
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "I32"])
+def test_zero_count_in_blocks_counts_both_zeros(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """Blocks of 7 entries: ±0.0 are zeros wherever a block boundary falls; ints count plain 0."""
+    from prunecli import dtypes
+
+    monkeypatch.setattr(dtypes, "ZERO_BLOCK", 7)
+    raw = np.zeros(50, dtype=dtypes.raw_dtype(dtype))
+    bits = dtypes.as_unsigned(raw)
+    sign = 1 << (8 * raw.itemsize - 1)
+    bits[[3, 7, 20, 49]] = 5  # nonzero
+    bits[[8, 13, 14]] = sign  # -0.0 for floats; a large negative int otherwise
+    zeros = 46 if dtypes.is_float(dtype) else 43
+    assert dtypes.zero_count(raw.reshape(5, 10), dtype) == zeros
