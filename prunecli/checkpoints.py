@@ -254,7 +254,7 @@ def require_file(path: Path, what: str) -> None:
 
 
 HASH_PIECE = 1 << 20
-HASH_WINDOW = 64 << 20  # mapped at a time: mapped pages count as the process's resident memory
+HASH_WINDOW = 16 << 20  # mapped at a time: mapped pages count as the process's resident memory
 
 
 def sha256_of_files(paths: Iterable[Path]) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from prunecli import __version__
 from prunecli.checkpoints import Checkpoint, output_folder
-from prunecli.dtypes import as_unsigned, finite_weights, raw_dtype
+from prunecli.dtypes import as_unsigned, finite_weights, itemsize, raw_dtype
 from prunecli.errors import InputError, UsageError
 from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
@@ -399,7 +399,7 @@ class MaskedCopier:
         self._largest = max((tensors[n].nbytes for n in names), default=0)
         self._mask_buf = np.empty(0, dtype=bool)
         entries = min(SEGMENT, max((tensors[n].numel for n in names), default=0))
-        widest = max((_itemsize(tensors[n]) for n in names), default=0)
+        widest = max((itemsize(tensors[n].dtype) for n in names), default=0)
         self._slots = [Scratch(entries, widest) for _ in range(workers.slots)]  # one per job in flight
 
     def write(
@@ -448,10 +448,6 @@ class MaskedCopier:
             mask = shuffle_mask(mask, tensor_rng(self.seed, name, purpose=SHUFFLE_STREAM))
         np.multiply(as_unsigned(raw), mask, out=as_unsigned(masked))  # pruned entries become +0
         return masked, mask
-
-
-def _itemsize(info: Any) -> int:
-    return info.nbytes // info.numel if info.numel else 0
 
 
 def _mask_segment(

@@ -161,7 +161,9 @@ def _threshold_from_sample(
     position = m - k / stride  # where the k-th largest falls in the sorted sample
     margin = 8 * math.sqrt(m * (k / total) * (1 - k / total)) + 8
     lo_rank, hi_rank = max(0, int(position - margin)), min(m - 1, int(position + margin))
-    lo, hi = np.partition(sampled, [lo_rank, hi_rank])[[lo_rank, hi_rank]]
+    sampled.partition([lo_rank, hi_rank])  # in place: no second copy of the sample
+    lo, hi = sampled[[lo_rank, hi_rank]]
+    del sampled  # its memory is free again for the counting pass
     above, candidates, positions = _count_and_gather(passes, int(lo), int(hi), workers)
     need = k - above  # how many of the candidates are kept
     if need <= 0 or need > candidates.size:
