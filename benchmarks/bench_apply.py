@@ -7,7 +7,8 @@ Case A: prunecli vs. torch.nn.utils.prune.global_unstructured on the same checkp
 Case B: prunecli vs. "the write floor", two plain copies of the same checkpoint with fsync
         (>=1.3B params by default): a tensor-by-tensor copy through prunecli's own reader
         and writer, and `shutil.copyfile`. Reports peak RSS / checkpoint size and prunecli
-        wall / the faster copy's wall.
+        wall / the faster copy's wall. Also runs prunecli with PRUNECLI_THREADS=0 (no worker
+        threads), reports what the threads save, and checks both write the same files.
 
 Every measured command is its own process, started from this (small) driver; its wall time
 is taken around spawn..reap and its peak RSS is the `ru_maxrss` that `os.wait4` returns for
@@ -385,6 +386,8 @@ def case_b(opts, env, log) -> dict:
     gen = generate(ckpt, opts.params_b, opts.hidden, opts.dtype, opts.seed, env, log, opts.reuse)
     facts = checkpoint_facts(ckpt, opts.hidden, opts.params_b)
     copy_out, prune_out = work / "case_b_copy.safetensors", work / "case_b_prunecli"
+    inline_out = work / "case_b_prunecli_inline"
+    inline_env = {**env, "PRUNECLI_THREADS": "0"}
     check: dict = {}
 
     def copy(label: str, worker: str) -> dict:
@@ -397,18 +400,36 @@ def case_b(opts, env, log) -> dict:
             argv = [sys.executable, __file__, "_verify", str(ckpt), str(prune_out)]
             check.update(json.loads(run_quiet(argv, env, log)))
             check["output_bytes"] = sum(p.stat().st_size for p in prune_out.iterdir())
+            check["threads_same_files"] = all(
+                _same_bytes(prune_out / f, inline_out / f) for f in ("model.safetensors", "masks.safetensors")
+            )
         remove(prune_out)
+        remove(inline_out)
 
     commands = {
         "copy": lambda: copy("streamed copy, prunecli's reader and writer", "_copy"),
         "cp": lambda: copy("shutil.copyfile + fsync", "_cp"),
         "prunecli": lambda: measure("prunecli apply", apply_argv(ckpt, prune_out, opts.sparsity), env, log),
+        "inline": lambda: measure(
+            "prunecli apply, PRUNECLI_THREADS=0", apply_argv(ckpt, inline_out, opts.sparsity), inline_env, log
+        ),
     }
     runs = _rotated(opts, ckpt, commands, after)
     check["expected_kept"] = keep_count(facts["prunable"], 1.0 - opts.sparsity)
     kept = check["manifest_totals"]["kept"]
     check["kept_equal"] = kept == check["prunecli_nonzero"] == check["expected_kept"]
     return {"facts": facts, "generate": gen, "runs": runs, "check": check}
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (read in 64 MiB pieces)."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while piece := fa.read(64 * MIB):
+            if piece != fb.read(len(piece)):
+                return False
+    return True
 
 
 def _best(runs: list[dict], who: str, key: str) -> float:
@@ -452,6 +473,7 @@ def summarize(results: dict) -> list[dict]:
             )
         )
         results["B"]["per_round_ratios"] = per_round
+        results["B"]["threads_saving"] = sorted(r["inline"]["wall_s"] / r["prunecli"]["wall_s"] for r in runs)
     return rows
 
 
@@ -493,6 +515,12 @@ def print_report(opts, results: dict, rows: list[dict]) -> None:
         print(f"case {case} check: {json.dumps(res['check'])}")
         if "per_round_ratios" in res:
             print(f"case {case} per-round ratios: {', '.join(f'{r:.3f}' for r in res['per_round_ratios'])}")
+        if "threads_saving" in res:
+            saving = res["threads_saving"]
+            print(
+                f"case {case} no worker threads / default, round by round (sorted): "
+                f"{', '.join(f'{r:.3f}' for r in saving)} (median {statistics.median(saving):.3f})"
+            )
     busy = [m for res in results.values() for run in res["runs"] for m in run.values()]
     if any(m["others_cpu_s"] > max(2.0, 0.1 * m["wall_s"]) for m in busy):  # kernel writeback: ~1 s
         print(
