@@ -1,7 +1,7 @@
 """Run independent calls on a few threads and take their results in the order given.
 
-`apply` masks a tensor's segments on worker threads while the main thread writes the
-finished ones: numpy releases the GIL inside its loops, so masking overlaps the writes.
+`apply` counts and masks segments of tensors on worker threads, and the main thread joins
+the results in order (writing the masked ones): numpy releases the GIL inside its loops.
 """
 
 from __future__ import annotations

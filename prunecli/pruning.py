@@ -214,7 +214,7 @@ class KeySource:
 class Scratch:
     """Buffers of one masking job: a block's keys, and a segment's mask and masked bytes."""
 
-    def __init__(self, entries: int = 0, itemsize: int = 0) -> None:
+    def __init__(self, entries: int, itemsize: int) -> None:
         self.keys = np.empty(BLOCK, dtype=np.uint32)
         self.mask = np.empty(entries, dtype=bool)
         self.masked = np.empty(entries * itemsize, dtype=np.uint8)

@@ -35,7 +35,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "F64"])  # F64: no fast keys (scores, then keys)
 @pytest.mark.parametrize("invert", [False, True])
-def test_key_blocks_and_samples_equal_the_whole_keys(
+def test_key_jobs_and_samples_equal_the_whole_keys(
     tmp_path: Path, small_blocks: None, dtype: str, invert: bool
 ) -> None:
     weights = _tied_weights(0)
@@ -109,9 +109,9 @@ def test_non_finite_weights_are_refused_on_every_path(
     assert not (tmp_path / "out").exists()
 
 
-def _apply_files(path: Path, out: Path, spec: SelectionSpec, dtype_names: list[str]) -> dict[str, bytes]:
+def _apply_files(path: Path, out: Path, spec: SelectionSpec, names: list[str]) -> dict[str, bytes]:
     with open_checkpoint(path) as ckpt:
-        apply_pruning(ApplyRequest(ckpt, dtype_names, spec, out, method=get_method("magnitude")))
+        apply_pruning(ApplyRequest(ckpt, names, spec, out, method=get_method("magnitude")))
     return {f: (out / f).read_bytes() for f in ("model.safetensors", "masks.safetensors")}
 
 
