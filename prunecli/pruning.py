@@ -55,6 +55,7 @@ MANIFEST_FILE = "manifest.json"
 SHUFFLE_STREAM = 1  # random-stream id for --shuffle, distinct from random scores
 BLOCK = 1 << 18  # keys made per step on the fast path: a block and its temporaries stay in cache
 SEGMENT = 1 << 20  # entries per masking job in the write pass (a multiple of 8: whole mask bytes)
+LAYER_SAMPLE = 1 << 20  # keys sampled per tensor for a layer-scope threshold
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,30 @@ class MaskPlan:
     threshold: Threshold | None = None  # global scope: over the keys left after floors
     groups: dict[str, np.ndarray] | None = None  # structured: keep mask over filters/channels
     starts: dict[str, int] = field(default_factory=dict)  # global: each tensor's first position
+    workers: Workers = field(default=INLINE, repr=False)  # for layer-scope thresholds
 
-    def blockwise(self, name: str) -> bool:
-        """Whether the mask of `name` is the threshold applied to its keys one by one."""
-        return self.threshold is not None and self.groups is None and not self.counts.get(name)
+    def tensor_threshold(self, name: str, source: KeySource) -> tuple[Threshold, int] | None:
+        """The threshold that masks `name` key by key, and the position of its first key.
+
+        Global scope has one threshold for all. Layer scope finds the tensor's own here, by
+        the same streamed select, when its keys come in blocks. None: the rule needs the
+        whole tensor at once (a floor, N:M, rows, groups, or keys made whole).
+        """
+        if self.groups is not None or self.spec.pattern or self.spec.scope == "row":
+            return None
+        if self.threshold is not None:
+            return None if self.counts.get(name) else (self.threshold, self.starts[name])
+        info = source.ckpt.tensors[name]
+        if not source.fast(info.dtype):
+            return None
+
+        def passes() -> Iterator[np.ndarray | KeyJob]:
+            yield from source.key_jobs(name)
+            source.mark_checked([name])  # every key was counted (a job that finds NaN fails)
+
+        sample = lambda stride: [partial(source.sample_keys, name, stride)]  # noqa: E731
+        threshold = find_threshold(passes, self.counts[name], info.numel, sample, self.workers, LAYER_SAMPLE)
+        return threshold, 0
 
     def residual(self, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Keys left for the global pool once a tensor's floor is reserved, and the floor mask."""
@@ -270,8 +291,9 @@ class MaskPlan:
         scratch. Every other rule makes the whole mask here, once, and parts copy from it.
         Valid until the next call.
         """
-        if self.blockwise(name):
-            keys_at, first, threshold = source.keys_at(name), self.starts[name], self.threshold
+        found = self.tensor_threshold(name, source)
+        if found is not None:
+            (threshold, first), keys_at = found, source.keys_at(name)
             return lambda start, out, keys: threshold_mask(
                 keys_at(start, out.size, keys), threshold, first + start, out
             )
@@ -308,7 +330,7 @@ def plan_masks(
             n: max(keep_count(i.numel, d), floor_count(i.numel, spec.min_density))
             for n, i, d in zip(names, infos, densities, strict=True)
         }
-        return MaskPlan(spec, counts)
+        return MaskPlan(spec, counts, workers=workers)
     floors = {n: floor_count(i.numel, spec.min_density) for n, i in zip(names, infos, strict=True)}
     total = sum(i.numel for i in infos)
     free_total = total - sum(floors.values())

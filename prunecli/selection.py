@@ -103,7 +103,12 @@ Sampler = Callable[[int], Iterable[np.ndarray | Callable[[], np.ndarray]]]
 
 
 def find_threshold(
-    passes: Passes, k: int, total: int, sample: Sampler | None = None, workers: Workers = INLINE
+    passes: Passes,
+    k: int,
+    total: int,
+    sample: Sampler | None = None,
+    workers: Workers = INLINE,
+    sample_limit: int | None = None,
 ) -> Threshold:
     """The threshold that keeps exactly the k largest keys among `total`.
 
@@ -122,6 +127,8 @@ def find_threshold(
             keys. Default: taken from `passes`.
         workers: threads for the sampling and counting passes. Give more than INLINE only
             when an item stays valid while later ones are made (jobs and calls do).
+        sample_limit: about how many keys to sample (default SAMPLE_LIMIT); fewer make a
+            cheaper pass 1 and a wider band of candidates in pass 2.
     """
     if k <= 0:
         return KEEP_NONE
@@ -129,7 +136,7 @@ def find_threshold(
         return KEEP_ALL
     if total >= SAMPLE_MIN_TOTAL:
         sample = sample or (lambda stride: (keys[::stride] for keys in _flat_keys(passes)))
-        found = _threshold_from_sample(passes, sample, k, total, workers)
+        found = _threshold_from_sample(passes, sample, k, total, workers, sample_limit or SAMPLE_LIMIT)
         if found is not None:
             return found
     return _radix_threshold(passes, k, total)
@@ -152,9 +159,9 @@ def _flat_keys(passes: Passes) -> Iterable[np.ndarray]:
 
 
 def _threshold_from_sample(
-    passes: Passes, sample: Sampler, k: int, total: int, workers: Workers = INLINE
+    passes: Passes, sample: Sampler, k: int, total: int, workers: Workers = INLINE, limit: int | None = None
 ) -> Threshold | None:
-    stride = max(1, -(-total // SAMPLE_LIMIT))
+    stride = max(1, -(-total // (limit or SAMPLE_LIMIT)))
     calls = (item if callable(item) else partial(np.asarray, item) for item in sample(stride))
     sampled = np.concatenate(list(workers.in_order(calls)))
     m = sampled.size

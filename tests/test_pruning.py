@@ -96,15 +96,16 @@ def test_view_is_a_read_only_copy_free_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [np.nan, -np.inf])
 @pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("sparsity", ["0.9", "0.0", "1.0"])  # 0 and 1: no selection pass runs
 def test_non_finite_weights_are_refused_on_every_path(
-    cli, tmp_path: Path, small_blocks: None, bad: float, scope: str
+    cli, tmp_path: Path, small_blocks: None, bad: float, scope: str, sparsity: str
 ) -> None:
     """Keys are checked once per tensor: a value the strided sample skips is still caught."""
     weights = _tied_weights(2)
     weights["b.weight"].reshape(-1)[1001] = bad  # not a multiple of any stride used here
     path = tmp_path / "w.safetensors"
     write_arrays(path, {n: ("F32", w) for n, w in weights.items()}, {})
-    r = cli("apply", path, "-m", "magnitude", "-s", "0.9", "--scope", scope, "-o", tmp_path / "out")
+    r = cli("apply", path, "-m", "magnitude", "-s", sparsity, "--scope", scope, "-o", tmp_path / "out")
     assert r.code == 3 and "b.weight" in r.err and "NaN or infinite" in r.err
     assert not (tmp_path / "out").exists()
 
