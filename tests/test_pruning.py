@@ -162,3 +162,25 @@ def test_threaded_segments_write_what_one_thread_writes(
         assert 0 < keep.sum() <= keep.size
     model.close()
     masks.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("density", [0.013, 0.5, 0.9])
+def test_layer_magnitude_masks_match_a_stable_sort_per_tensor(
+    tmp_path: Path, small_blocks: None, monkeypatch: pytest.MonkeyPatch, seed: int, density: float
+) -> None:
+    """Layer scope's per-tensor thresholds (sampled, on 3 threads) keep each tensor's exact top-k."""
+    monkeypatch.setattr(pruning, "worker_count", lambda: 3)
+    weights = _tied_weights(seed)
+    path = tmp_path / "w.safetensors"
+    write_arrays(path, {n: ("F32", w) for n, w in weights.items()}, {})
+    with open_checkpoint(path) as ckpt:
+        spec = SelectionSpec(density, scope="layer")
+        apply_pruning(
+            ApplyRequest(ckpt, list(SHAPES), spec, tmp_path / "out", method=get_method("magnitude"))
+        )
+    reader = SafetensorsReader(tmp_path / "out" / "model.safetensors")
+    for name, source in weights.items():
+        keep = reference_mask(np.abs(source).ravel(), selection.keep_count(source.size, density))
+        np.testing.assert_array_equal(reader.read(name).ravel(), np.where(keep, source.ravel(), 0.0))
+    reader.close()
