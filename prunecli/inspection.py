@@ -2,20 +2,33 @@
 
 Manifests are read as JSON; safetensors checkpoints are counted from their raw bytes
 (for floats, an entry is zero when all bits but the sign are zero). Neither imports torch.
+
+A manifest is a claim, so before its numbers are reported (or gated on) they are checked:
+against each other (numel, density, totals), against the masks file beside it (every mask's
+size and set bits), and against the model file's header when one is there. Any contradiction
+is an error (exit 2): an edited folder, or one mixed from two runs, must not pass a CI gate.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from prunecli.checkpoints import open_checkpoint, require_file
 from prunecli.dtypes import zero_count
-from prunecli.errors import InputError, UsageError
+from prunecli.errors import InputError, ManifestError, UsageError
 from prunecli.manifest import read_manifest
 from prunecli.prunable import prunable_names
 from prunecli.pruning import MANIFEST_FILE
+from prunecli.safetensors_io import SafetensorsReader, read_header
+
+REDO = "re-run apply; the folder was edited or mixed from two runs"
+MASK_BLOCK = 1 << 20  # bytes of a mask counted at a time: big masks never sit whole in memory
+_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
 
 
 def _totals(tensors: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,9 +67,25 @@ def summarize_checkpoint(
             "warnings": [], "notes": notes}  # fmt: skip
 
 
-def summarize_manifest(path: Path) -> dict[str, Any]:
-    """The manifest's own per-tensor records and totals."""
+def summarize_manifest(path: Path, require_masks: bool = False) -> dict[str, Any]:
+    """The manifest's own per-tensor records and totals, once they are shown to be true.
+
+    The masks file beside the manifest is required when `require_masks` (an output folder
+    was named): otherwise deleting it would be a way around the cross-check.
+    """
     manifest = read_manifest(path)
+    check_manifest_numbers(manifest, path)
+    model_path, masks_path = output_files(manifest, path)
+    verified = {"masks": masks_path.is_file(), "model": model_path.is_file()}
+    notes = []
+    if verified["masks"]:
+        check_masks(manifest, masks_path)
+    elif require_masks:
+        raise InputError(f"{path.parent} has {path.name} but no {masks_path.name}", REDO)
+    else:
+        notes.append(f"no {masks_path.name} beside {path}: only the manifest's own numbers were checked")
+    if verified["model"]:
+        check_model(manifest, model_path)
     return {
         "path": str(path),
         "kind": "manifest",
@@ -65,20 +94,171 @@ def summarize_manifest(path: Path) -> dict[str, Any]:
         "tensors": manifest["tensors"],
         "totals": manifest["totals"],
         "warnings": manifest["warnings"],
-        "notes": [],
+        "verified": verified,
+        "notes": notes,
     }
+
+
+def _contradiction(where: Path, what: str) -> ManifestError:
+    """The one error for a folder whose files disagree: say where, what, and how to recover."""
+    return ManifestError(f"{where}: {what}", REDO)
+
+
+def _agrees(recorded: float, computed: float) -> bool:
+    """Equal up to float rounding (apply writes the exact quotient; JSON keeps it)."""
+    return math.isclose(recorded, computed, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _first_non_finite(value: Any, where: str = "$") -> str | None:
+    """Where a NaN or infinity hides (Python's JSON reader accepts them; no writer of ours does)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _first_non_finite(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def _check_record(record: dict[str, Any], path: Path) -> None:
+    """One record agrees with itself: numel is the product of shape, density is kept/numel."""
+    name, numel, kept, shape = record["name"], record["numel"], record["kept"], record["shape"]
+    if numel != math.prod(shape):
+        raise _contradiction(
+            path, f"{name} records numel {numel}, but its shape {shape} holds {math.prod(shape)}"
+        )
+    if kept > numel or (not record["pruned"] and kept != numel):
+        unpruned = "" if record["pruned"] else ", and it is not pruned"
+        raise _contradiction(path, f"{name} records kept {kept} of numel {numel}{unpruned}")
+    density = kept / numel if numel else 1.0
+    if not _agrees(record["density"], density):
+        raise _contradiction(
+            path,
+            f"{name} records density {record['density']!r}, but kept/numel is {kept}/{numel} = {density!r}",
+        )
+
+
+def check_manifest_numbers(manifest: dict[str, Any], path: Path) -> None:
+    """The manifest agrees with itself: finite numbers, one record per name, each record
+    consistent, and totals that are the sums of the records (so `--expect-sparsity` gates on
+    what the records say, not on a hand-edited total).
+    """
+    where = _first_non_finite(manifest)
+    if where:
+        raise _contradiction(path, f"{where} is not a finite number")
+    seen: set[str] = set()
+    for record in manifest["tensors"]:
+        if record["name"] in seen:
+            raise _contradiction(path, f"{record['name']} has more than one record")
+        seen.add(record["name"])
+        _check_record(record, path)
+    sums = _totals(manifest["tensors"])
+    totals = manifest["totals"]
+    for key in ("params", "prunable", "kept"):
+        if key in totals and totals[key] != sums[key]:
+            raise _contradiction(path, f"totals.{key} is {totals[key]}, but the records sum to {sums[key]}")
+    if not _agrees(totals["sparsity"], sums["sparsity"]):
+        raise _contradiction(
+            path, f"totals.sparsity is {totals['sparsity']!r}, but the records give {sums['sparsity']!r}"
+        )
+
+
+def output_files(manifest: dict[str, Any], path: Path) -> tuple[Path, Path]:
+    """The model and masks files the manifest names, which must lie in its own folder."""
+    files = []
+    for key in ("model", "masks"):
+        name = manifest["files"][key]
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise _contradiction(path, f"files.{key} {name!r} is not a file name in the manifest's folder")
+        files.append(path.parent / name)
+    return files[0], files[1]
+
+
+def mask_bits(reader: SafetensorsReader, name: str, numel: int) -> tuple[int, bool]:
+    """(set bits among the first `numel`, whether the trailing pad bits are all 0), counted
+    block by block from the mapped file so a mask of any size stays torch-free and small.
+    """
+    packed = reader.view(name).reshape(-1)
+    count = 0
+    for start in range(0, packed.size, MASK_BLOCK):
+        count += int(_POPCOUNT[packed[start : start + MASK_BLOCK]].sum(dtype=np.int64))
+    pad = -numel % 8
+    pad_clear = pad == 0 or packed.size == 0 or int(packed[-1]) & ((1 << pad) - 1) == 0
+    return count, pad_clear
+
+
+def check_masks(manifest: dict[str, Any], masks_path: Path) -> None:
+    """Every pruned record has its mask, packed to its size, with exactly `kept` bits set;
+    and the masks file holds no other mask.
+    """
+    pruned = [r for r in manifest["tensors"] if r["pruned"]]
+    reader = SafetensorsReader(masks_path)
+    try:
+        extra = sorted(set(reader.tensors) - {r["name"] for r in pruned})
+        if extra:
+            raise _contradiction(
+                masks_path, f"holds a mask for {extra[0]}, which the manifest does not prune"
+            )
+        for record in pruned:
+            name, numel, packed = record["name"], record["numel"], -(-record["numel"] // 8)
+            info = reader.tensors.get(name)
+            if info is None:
+                raise _contradiction(masks_path, f"has no mask for {name}, which the manifest prunes")
+            if info.dtype != "U8" or info.numel != packed:
+                raise _contradiction(
+                    masks_path,
+                    f"the mask of {name} is {info.numel} {info.dtype} values, but numel {numel} packs "
+                    f"into {packed} U8 bytes",
+                )
+            count, pad_clear = mask_bits(reader, name, numel)
+            if not pad_clear:
+                raise _contradiction(
+                    masks_path, f"the mask of {name} has pad bits set past its {numel} elements"
+                )
+            if count != record["kept"]:
+                raise _contradiction(
+                    masks_path,
+                    f"the mask of {name} keeps {count} weights, but the manifest records "
+                    f"kept {record['kept']}",
+                )
+    finally:
+        reader.close()
+
+
+def check_model(manifest: dict[str, Any], model_path: Path) -> None:
+    """The model file's header lists exactly the recorded tensors, with their shapes and dtypes."""
+    tensors, _, _ = read_header(model_path)
+    records = {r["name"]: r for r in manifest["tensors"]}
+    missing = [n for n in records if n not in tensors]
+    extra = [n for n in tensors if n not in records]
+    if missing or extra:
+        name = (missing or extra)[0]
+        where = "the manifest records it but the model lacks it" if missing else "the manifest has no record"
+        raise _contradiction(model_path, f"{name}: {where} ({len(tensors)} tensors, {len(records)} records)")
+    for name, record in records.items():
+        info = tensors[name]
+        if list(info.shape) != record["shape"] or info.dtype != record["dtype"]:
+            raise _contradiction(
+                model_path,
+                f"{name} is {info.dtype}{list(info.shape)}, but the manifest records "
+                f"{record['dtype']}{record['shape']}",
+            )
 
 
 def summarize(path: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Summarize whatever `path` is: an apply output folder, a manifest, or a checkpoint."""
-    if path.is_dir():
+    folder = path.is_dir()
+    if folder:
         manifest = path / MANIFEST_FILE
         if not manifest.is_file():
             raise InputError(f"{path} is a folder without {MANIFEST_FILE}", "pass an apply output folder")
         path = manifest
     require_file(path, "input")
     summary = (
-        summarize_manifest(path) if path.suffix == ".json" else summarize_checkpoint(path, include, exclude)
+        summarize_manifest(path, require_masks=folder)
+        if path.suffix == ".json"
+        else summarize_checkpoint(path, include, exclude)
     )
     summary["collapsed"] = [
         t["name"] for t in summary["tensors"] if t["pruned"] and t["kept"] == 0 and t["numel"]
@@ -95,17 +275,22 @@ class Expectations:
     fail_on_collapse: bool = False
 
     def validate(self) -> None:
-        if self.sparsity is not None and not 0.0 <= self.sparsity <= 1.0:
+        """Refuse values that would make the gate pass anything (NaN compares false, inf
+        swallows every difference) or fail everything."""
+        if self.sparsity is not None and not 0.0 <= self.sparsity <= 1.0:  # NaN fails this too
             raise UsageError(f"--expect-sparsity {self.sparsity} is outside [0, 1]", "use a fraction")
-        if self.tolerance < 0:
-            raise UsageError(f"--tolerance {self.tolerance} is negative", "use a fraction >= 0")
+        if not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise UsageError(
+                f"--tolerance {self.tolerance} is not a finite number >= 0", "use a fraction, e.g. 0.001"
+            )
 
 
 def check(summary: dict[str, Any], expect: Expectations) -> list[str]:
     """Failed expectations, one sentence each (an empty list means all hold)."""
     failures = []
     achieved = summary["totals"]["sparsity"]
-    if expect.sparsity is not None and abs(achieved - expect.sparsity) > expect.tolerance + 1e-12:
+    within = expect.sparsity is None or abs(achieved - expect.sparsity) <= expect.tolerance + 1e-12
+    if not within:  # written so that a NaN anywhere fails
         failures.append(f"sparsity is {achieved:.6f}, expected {expect.sparsity:.6f} ± {expect.tolerance:g}")
     if expect.fail_on_collapse and summary["collapsed"]:
         failures.append(f"{len(summary['collapsed'])} collapsed layer(s): {', '.join(summary['collapsed'])}")

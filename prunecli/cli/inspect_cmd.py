@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,10 +13,29 @@ from rich.console import Console
 from rich.table import Table
 
 from prunecli.cli import options as opt
-from prunecli.cli.output import emit_json, note, stderr_console, warn
+from prunecli.cli.output import note, stderr_console, warn
 from prunecli.errors import CheckFailed, UsageError
 
 BAR_WIDTH = 12
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinity made null: bare NaN/Infinity is not JSON, and a CI
+    job parsing the report must not choke on it (or, worse, read it leniently).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def emit_strict_json(data: Any) -> None:
+    """The report on stdout as strict JSON (non-finite numbers are null, never NaN)."""
+    sys.stdout.write(json.dumps(finite_or_null(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    sys.stdout.flush()
 
 
 def _bar(density: float) -> str:
@@ -103,6 +125,9 @@ def inspect(
 ) -> None:
     """Show per-tensor densities; with expectations, act as a CI gate (exit 1 on failure).
 
+    A folder or manifest is first checked against its masks and model files: any
+    contradiction (an edited folder, or one mixed from two runs) exits 2.
+
     Examples:
 
       prunecli inspect out/
@@ -130,7 +155,7 @@ def inspect(
         note(line, quiet)
     failures = check(summary, expect)
     if json_out:
-        emit_json({**summary, "checks": {"passed": not failures, "failures": failures}})
+        emit_strict_json({**summary, "checks": {"passed": not failures, "failures": failures}})
     elif not quiet:
         render(summary, stderr_console(), show_all)
         if signal:
