@@ -18,25 +18,48 @@ from prunecli.errors import UsageError
 T = TypeVar("T")
 
 MAX_WORKERS = 4  # by default: enough to keep ahead of one writer; more only costs memory
+THREADS_PER_CORE = 4  # PRUNECLI_THREADS may ask for at most this many threads per usable core
 THREADS_VARIABLE = "PRUNECLI_THREADS"
+_MAX_DIGITS = 6  # longer settings are refused before int(): they cannot be within the cap
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def thread_cap() -> int:
+    """The most PRUNECLI_THREADS may ask for: each thread holds scratch buffers, so an
+    unbounded count exhausts memory (100000 took 2.5 GB) or never finishes starting.
+    """
+    return THREADS_PER_CORE * usable_cores()
 
 
 def worker_count() -> int:
-    """Worker threads for this process: PRUNECLI_THREADS if set, else one per usable core,
-    at most MAX_WORKERS. 0 (or a single core) means no threads: calls run inline.
+    """Worker threads for this process: PRUNECLI_THREADS if set (0 to thread_cap()), else
+    one per usable core, at most MAX_WORKERS. 0 (or a single core) means no threads: calls
+    run inline.
     """
     setting = os.environ.get(THREADS_VARIABLE, "").strip()
     if setting:
-        if not setting.isdigit():
+        if not (setting.isascii() and setting.isdigit()):
             raise UsageError(
-                f"{THREADS_VARIABLE}={setting!r} is not a whole number",
+                f"{THREADS_VARIABLE}={setting[:20]!r} is not a whole number",
                 f"set it to 0 (no worker threads) or more, e.g. {THREADS_VARIABLE}=4, or unset it",
             )
+        cap = thread_cap()
+        if len(setting) > _MAX_DIGITS or int(setting) > cap:
+            shown = setting if len(setting) <= 20 else setting[:20] + "..."
+            raise UsageError(
+                f"{THREADS_VARIABLE}={shown} is above {cap} ({THREADS_PER_CORE} per usable core, "
+                f"{usable_cores()} here)",
+                f"set it to a whole number from 0 to {cap}, or unset it",
+            )
         return int(setting)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     return min(MAX_WORKERS, cores) if cores > 1 else 0
 
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from prunecli import ordered
 from prunecli.ordered import Workers, in_order, worker_count
 from prunecli.safetensors_io import write_arrays
 
@@ -49,6 +50,7 @@ def test_calls_past_the_look_ahead_never_start_when_the_consumer_stops() -> None
 def test_worker_count_is_bounded_and_can_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PRUNECLI_THREADS", raising=False)
     assert 0 <= worker_count() <= 4 and worker_count() != 1
+    monkeypatch.setattr(ordered, "usable_cores", lambda: 2)  # caps PRUNECLI_THREADS at 8
     monkeypatch.setenv("PRUNECLI_THREADS", "6")
     assert worker_count() == 6
     monkeypatch.setenv("PRUNECLI_THREADS", "0")
