@@ -11,17 +11,22 @@ import hashlib
 import json
 import mmap
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+import re
+from collections.abc import Iterable
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from prunecli.errors import CheckpointError, InputError, OutputExistsError
-from prunecli.safetensors_io import SafetensorsReader, TensorInfo, write_arrays
+from prunecli.errors import CheckpointError, InputError
+from prunecli.outputs import output_file
+from prunecli.safetensors_io import (
+    MAX_HEADER_BYTES,
+    SafetensorsReader,
+    TensorInfo,
+    loads_strict_json,
+    write_arrays,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -70,23 +75,38 @@ class Checkpoint:
 
 
 class SafetensorsCheckpoint(Checkpoint):
-    """One safetensors file, or the shards named by a `.safetensors.index.json`."""
+    """One safetensors file, or the shards named by a `.safetensors.index.json`.
+
+    An index must agree with its shards exactly: every tensor of its weight_map is in the shard
+    it names, and every tensor of every shard is in the weight_map (under that shard).
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        shards = _shard_paths(path) if path.name.endswith(".index.json") else [path]
+        weight_map = _read_index(path) if path.name.endswith(".index.json") else None
+        shards = sorted(set(weight_map.values())) if weight_map is not None else [path]
         self._readers: dict[str, SafetensorsReader] = {}
-        self.files = ([path] if len(shards) > 1 or shards[0] != path else []) + shards
+        self._open: list[SafetensorsReader] = []
+        self.files = ([path] if weight_map is not None else []) + shards
         try:
             for shard in shards:
                 reader = SafetensorsReader(shard)
+                self._open.append(reader)
                 for name, info in reader.tensors.items():
+                    if weight_map is not None:
+                        _check_listed(path, weight_map, name, shard)
                     if name in self._readers:
                         raise CheckpointError(f"tensor {name!r} appears in two shards", "fix the index")
                     self._readers[name] = reader
                     self.tensors[name] = info
                 if shard == shards[0]:
                     self.metadata = reader.metadata
+            for name, shard in (weight_map or {}).items():
+                if name not in self.tensors:
+                    raise CheckpointError(
+                        f"{path} maps tensor {name!r} to {shard.name}, which does not hold it",
+                        _INDEX_HINT,
+                    )
         except BaseException:
             self.close()
             raise
@@ -98,64 +118,180 @@ class SafetensorsCheckpoint(Checkpoint):
         return self._readers[name].view(name)
 
     def close(self) -> None:
-        for reader in set(self._readers.values()):
+        for reader in self._open:
             reader.close()
 
 
-def _shard_paths(index_path: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+_INDEX_HINT = "fix the index: its weight_map must list each tensor of each shard, under the shard holding it"
+_SHARD_NAME_HINT = "name each shard by a plain file name ending in .safetensors, in the index's folder"
+
+
+def _check_listed(index_path: Path, weight_map: dict[str, Path], name: str, shard: Path) -> None:
+    """Refuse a tensor of `shard` that the index does not map to `shard`."""
+    named = weight_map.get(name)
+    if named is None:
         raise CheckpointError(
-            f"{index_path} is not a safetensors index",
+            f"shard {shard.name} holds tensor {name!r}, which {index_path}'s weight_map does not list",
+            _INDEX_HINT,
+        )
+    if named != shard:
+        raise CheckpointError(
+            f"{index_path} maps tensor {name!r} to {named.name}, but shard {shard.name} holds it",
+            _INDEX_HINT,
+        )
+
+
+def _is_plain_shard_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and name.endswith(".safetensors")
+        and not any(c in name for c in "/\\\x00")
+        and ".." not in name
+        and not PureWindowsPath(name).anchor  # "C:x.safetensors" names another drive on Windows
+    )
+
+
+def _read_index(index_path: Path) -> dict[str, Path]:
+    """An index's weight_map as tensor name -> shard path; every shard a plain file beside the index.
+
+    A shard name with a folder in it ('../x', '/etc/passwd', 'sub/x'), a shard that is a link
+    resolving outside the index's folder, a repeated JSON key and an empty weight_map are refused.
+    No shard is opened here, and no message quotes a file's bytes.
+    """
+
+    def not_index(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"{index_path} is not a safetensors index: {what}",
             "an index is JSON with a 'weight_map' from tensor names to shard files",
-        ) from None
-    shards = [index_path.parent / name for name in names]
-    for shard in shards:
-        if not shard.is_file():
-            raise CheckpointError(f"shard {shard} named by {index_path} is missing", "copy every shard")
-    return shards
+        )
+
+    if index_path.stat().st_size > MAX_HEADER_BYTES:
+        raise not_index(f"it is over {MAX_HEADER_BYTES >> 20} MiB")
+    try:
+        index = loads_strict_json(index_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise not_index("it is not UTF-8 text") from None
+    except ValueError as exc:
+        raise not_index(str(exc)) from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise not_index("it has no weight_map entries")
+    folder = index_path.parent
+    root = folder.resolve()
+    checked: dict[str, Path] = {}
+    for name, shard in weight_map.items():
+        if not _is_plain_shard_name(shard):
+            shown = json.dumps(shard, ensure_ascii=True)
+            shown = shown if len(shown) <= 80 else shown[:79] + "…"
+            raise CheckpointError(
+                f"{index_path} maps tensor {name!r} to {shown}, not to a file name in the index's folder",
+                _SHARD_NAME_HINT,
+            )
+        if shard in checked:
+            continue
+        path = folder / shard
+        if not path.is_file():
+            raise CheckpointError(f"shard {path} named by {index_path} is missing", "copy every shard")
+        if not path.resolve().is_relative_to(root):
+            raise CheckpointError(
+                f"shard {path} named by {index_path} is a link to a file outside the index's folder",
+                "copy the shard into the index's folder instead of linking to it",
+            )
+        checked[shard] = path
+    return {name: checked[shard] for name, shard in weight_map.items()}
+
+
+def _shard_paths(index_path: Path) -> list[Path]:
+    """The shard files an index names, each once, sorted (checked as `_read_index` does)."""
+    return sorted(set(_read_index(index_path).values()))
 
 
 class TorchCheckpoint(Checkpoint):
     """A `.pt/.pth/.bin` state dict, loaded without unpickling arbitrary objects."""
 
     def __init__(self, path: Path) -> None:
+        import torch
+
         super().__init__(path)
-        self._tensors = _unwrap(load_torch_file(path), self.notes)
+        self._tensors = _unwrap(load_torch_file(path), self.notes, path)
         for name, tensor in self._tensors.items():
-            self.tensors[name] = TensorInfo(torch_dtype_name(tensor), tuple(tensor.shape))
+            if tensor.layout != torch.strided:
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} is a {tensor.layout} tensor, not a dense one",
+                    "save dense tensors (tensor.to_dense())",
+                )
+            try:
+                dtype = torch_dtype_name(tensor)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: tensor {name!r}: {exc.message}", exc.hint) from None
+            self.tensors[name] = TensorInfo(dtype, tuple(tensor.shape))
 
     def read(self, name: str, scratch: np.ndarray | None = None) -> np.ndarray:
         return torch_to_raw(self._tensors[name])
 
 
 def load_torch_file(path: Path) -> object:
-    """`torch.load(weights_only=True)`, with its failures turned into CheckpointError."""
+    """`torch.load(weights_only=True)`, with its failures turned into one short CheckpointError.
+
+    torch's own warnings (e.g. about the pickle protocol of a raw `pickle.dump` file) are not
+    shown: the error says what is wrong. Nothing in the file is run: weights-only loading
+    refuses any global it does not allow, and the message names it.
+    """
     import pickle
+    import warnings
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
         raise CheckpointError(
-            f"{path} holds pickled objects that are not plain tensors; refused to load them ({first[:160]})",
+            f"{path} holds pickled objects that are not plain tensors; refused to load them "
+            f"({_refusal(exc)})",
             "save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors",
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged file makes torch.load raise many kinds of errors
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({first[:160]})",
+            f"{path} is not a readable torch checkpoint ({_load_failure(exc)})",
             "re-save it with torch.save(model.state_dict(), path) or as safetensors",
         ) from None
 
 
-def _unwrap(obj: object, notes: list[str]) -> dict[str, torch.Tensor]:
+def _refusal(exc: Exception) -> str:
+    """Why weights-only loading refused a file, in one short clause (torch's text is long)."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        name = found[1]
+        if name == "torch.storage._load_from_bytes":  # tensors pickled without torch.save's format
+            return f"it refers to {name}: it was written with pickle.dump, not torch.save"
+        if name.startswith("torch.nn."):
+            return f"it refers to {name}: a whole model, not its state dict; nothing was run"
+        return f"it refers to {name}, which weights-only loading does not allow; nothing was run"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"it uses pickle opcode {found[1]}, which torch.save never writes; nothing was run"
+    return "weights-only loading does not accept its contents; nothing was run"
+
+
+def _load_failure(exc: Exception) -> str:
+    """What went wrong reading a damaged torch file, as a complete short clause."""
+    if isinstance(exc, EOFError):
+        return "the file ends too early"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"reading it failed: {exc.strerror}"
+    first = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(exc).strip() else ""
+    if isinstance(exc, RuntimeError) and 0 < len(first) <= 120:
+        return first
+    return f"torch.load failed with {exc.__class__.__name__}"
+
+
+def _unwrap(obj: object, notes: list[str], path: Path | None = None) -> dict[str, torch.Tensor]:
     import torch
 
+    where = f"{path}" if path is not None else "the file"
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             inner = obj.get(key)
@@ -164,17 +300,44 @@ def _unwrap(obj: object, notes: list[str]) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError("the file does not hold a state dict", "save model.state_dict()")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        raise CheckpointError(f"{where} does not hold a state dict", "save model.state_dict()")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if not isinstance(key, str):
+            raise CheckpointError(
+                f"{where} holds a tensor under the key {_short(key)}, which is not a name (a string)",
+                "save model.state_dict(), whose keys are parameter names",
+            )
+        if not _is_text(key):
+            raise CheckpointError(
+                f"{where} holds a tensor under the key {_short(key)}, which is not Unicode text",
+                "rename the key and save the state dict again",
+            )
+        tensors[key] = value
     skipped = len(obj) - len(tensors)
     if not tensors:
-        raise CheckpointError("the file holds no tensors", "save model.state_dict()")
+        raise CheckpointError(f"{where} holds no tensors", "save model.state_dict()")
     if skipped:
         notes.append(f"ignored {skipped} entries that are not tensors")
     if all(k.startswith("module.") for k in tensors):
         notes.append("stripped the 'module.' prefix (DataParallel/DDP) from every key")
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
+
+
+def _short(key: object) -> str:
+    text = repr(key) if isinstance(key, str) else f"of type {type(key).__name__}"
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _TORCH_TO_ST = {
@@ -245,6 +408,13 @@ def open_checkpoint(path: Path) -> Checkpoint:
     )
 
 
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files a checkpoint path stands for: an index and its shards, or the file itself."""
+    if path.name.endswith(".index.json") and path.is_file():
+        return [path, *_shard_paths(path)]
+    return [path]
+
+
 def require_file(path: Path, what: str) -> None:
     """Raise InputError unless `path` is an existing regular file."""
     if not path.exists():
@@ -287,59 +457,12 @@ def save_state_dict(
     state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], force: bool = False
 ) -> None:
     """Write a torch state dict as safetensors, atomically; refuse to overwrite without force."""
-    guard_output_file(path, force)
     arrays = {name: (torch_dtype_name(t), torch_to_raw(t)) for name, t in state_dict.items()}
-    write_arrays(path, arrays, metadata)
+    with output_file(path, force):
+        write_arrays(path, arrays, metadata)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint as torch tensors (for building live models)."""
     with open_checkpoint(path) as ckpt:
         return {name: raw_to_torch(ckpt.read(name), info.dtype) for name, info in ckpt.tensors.items()}
-
-
-def guard_output_file(path: Path, force: bool) -> None:
-    """Refuse an existing output file unless --force; refuse a missing parent folder."""
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
-    if path.is_dir():
-        raise InputError(f"output {path} is a directory", "name a file")
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist", "create it first")
-
-
-def check_output_folder(path: Path, force: bool) -> None:
-    """Refuse a non-empty output folder without --force, a file in its place, or no parent."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder", "name a folder for -o")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {path} is not empty", "pass --force to replace it")
-    if not path.absolute().parent.is_dir():
-        raise InputError(f"output folder's parent {path.absolute().parent} does not exist", "create it first")
-
-
-@contextmanager
-def output_folder(path: Path, force: bool) -> Iterator[Path]:
-    """A temporary sibling folder that replaces `path` only if the block succeeds.
-
-    An existing non-empty `path` is refused unless `force`; nothing is left behind on error.
-    """
-    check_output_folder(path, force)
-    parent = path.absolute().parent
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
-    except OSError as exc:
-        raise InputError(f"cannot write to {parent}: {exc.strerror}", "choose a writable output") from None
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
-            path.replace(old / "previous")
-        tmp.replace(path)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

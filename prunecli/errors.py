@@ -57,6 +57,16 @@ class OutputExistsError(InputError):
     """The output already exists and --force was not given."""
 
 
+class OutputBusyError(InputError):
+    """Another live run holds the output's lock."""
+
+
+class DiskFullError(PruneError):
+    """The disk (or a file-size limit) ran out while writing an output; nothing was left behind."""
+
+    exit_code = EXIT_RUNTIME
+
+
 class CheckFailed(PruneError):
     """A check the user asked for did not hold (e.g. `inspect --expect-sparsity`)."""
 
@@ -73,5 +83,5 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_CHECK_FAILED: "a check failed (inspect --expect-sparsity / --fail-on-collapse, export --verify)",
     EXIT_BAD_INPUT: "bad usage or bad input (missing, corrupt or inconsistent files, bad options)",
-    EXIT_RUNTIME: "runtime failure (NaN or infinite scores, out of memory, internal error)",
+    EXIT_RUNTIME: "runtime failure (NaN or infinite scores, out of memory, disk full, internal error)",
 }

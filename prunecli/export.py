@@ -32,7 +32,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prunecli import __version__
-from prunecli.errors import InputError, PruneError, UsageError
+from prunecli.errors import InputError, PruneError, ScoreError, UsageError
 from prunecli.onnx_sparse import (
     TensorRecord,
     check_model,
@@ -178,10 +177,20 @@ def export_onnx(request: ExportRequest) -> ExportReport:
         >>> round(report.ratio, 2), report.verification.passed  # VGG-16 pruned to 90% by magnitude
         (3.41, True)
     """
+    from prunecli.outputs import existing_inputs, output_lock
+
     start = time.perf_counter()
     request.validate()
     onnx, ort = require_onnx()
-    _check_output(request.output, request.force)
+    inputs = existing_inputs(request.source, request.arch, request.data)
+    _check_output(request.output, request.force, inputs)
+    with output_lock(request.output):
+        _check_output(request.output, request.force, inputs)  # again, now that no one else writes it
+        return _export(request, onnx, ort, start)
+
+
+def _export(request: ExportRequest, onnx: Any, ort: Any, start: float) -> ExportReport:
+    """The export itself, run while the output is locked."""
     weights, manifest = resolve_source(request.source)
     model, weights_sha256, notes = _load_model(request, weights)
     shape = _input_shape(request)
@@ -242,12 +251,12 @@ def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
     return path, None
 
 
-def _check_output(output: Path, force: bool) -> None:
-    from prunecli.checkpoints import guard_output_file
+def _check_output(output: Path, force: bool, inputs: list[Path]) -> None:
+    from prunecli.outputs import guard_output_file
 
     if output.is_dir():  # before guard_output_file, which would call it an existing output
         raise InputError(f"output {output} is a directory", f"name a file, e.g. {output / 'model.onnx'}")
-    guard_output_file(output, force)
+    guard_output_file(output, force, inputs)
     if not os.access(output.absolute().parent, os.W_OK):
         raise InputError(f"cannot write to {output.absolute().parent}", "choose a writable output folder")
 
@@ -263,6 +272,7 @@ def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module,
     with open_checkpoint(weights) as ckpt:
         tensors = {name: raw_to_torch(ckpt.read(name), info.dtype) for name, info in ckpt.tensors.items()}
         sha256, notes = ckpt.sha256(), list(ckpt.notes)
+    _refuse_non_finite(tensors)
     load_weights(model, tensors, str(weights))
     model = model.to(getattr(torch, request.dtype)).eval()
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -273,6 +283,18 @@ def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module,
             "export a smaller model",
         )
     return model, sha256, notes
+
+
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor]) -> None:
+    """NaN or infinite weights would ship a broken model: refused, as every other command does."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise ScoreError(
+                f"weights of {name} contain NaN or infinite values",
+                "check the checkpoint (prunecli inspect); a model with them cannot be exported",
+            )
 
 
 def _input_shape(request: ExportRequest) -> tuple[int, ...]:
@@ -431,19 +453,17 @@ def _verify(
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: never a partial file."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
-    except OSError as exc:
-        raise InputError(
-            f"cannot write to {path.absolute().parent}: {exc.strerror}", "choose a writable output folder"
-        ) from None
+    from prunecli.outputs import create_temp_file, write_error
+
+    fd, tmp = create_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException as exc:
-        os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write {path}: {exc.strerror}", "check the disk and the path") from None
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, needed=len(data)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -28,7 +28,9 @@ def init_checkpoint(
     from prunecli.checkpoints import save_state_dict
     from prunecli.models import default_input_shape, resolve_model
     from prunecli.models.init import initialize
+    from prunecli.outputs import require_suffix
 
+    require_suffix(out, ".safetensors", "initial weights")
     if arch.endswith(".pt2"):
         raise UsageError(
             "init builds a fresh model, but a .pt2 archive carries its own weights",

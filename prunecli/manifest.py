@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +172,20 @@ def dumps(manifest: dict[str, Any]) -> str:
 
 def write_manifest(manifest: dict[str, Any], path: Path) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    from prunecli.outputs import create_temp_file, write_error
+
+    text = dumps(manifest).encode("utf-8")
+    fd, tmp = create_temp_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dumps(manifest))
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, needed=len(text)) from None
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 

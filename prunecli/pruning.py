@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from prunecli import __version__
-from prunecli.checkpoints import Checkpoint, output_folder
+from prunecli.checkpoints import Checkpoint
 from prunecli.dtypes import as_unsigned, finite_weights, itemsize, raw_dtype
 from prunecli.errors import InputError, UsageError
 from prunecli.isometry import Refiner, isometry_refiner
 from prunecli.manifest import FORMAT, SCHEMA_VERSION, write_manifest
 from prunecli.ordered import INLINE, Workers, worker_count
+from prunecli.outputs import output_folder
 from prunecli.progress import NoProgress, Progress
 from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.random_baseline import tensor_rng
@@ -565,6 +566,7 @@ class ApplyRequest:
     arch: str | None = None
     data_fingerprint: str | None = None
     isometry: tuple[int, float] | None = None  # (steps, lr) of --isometry-steps
+    inputs: list[Path] = field(default_factory=list)  # other input files the output must not replace
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -585,7 +587,8 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
     ):
         source_hash = pool.submit(ckpt.sha256)
         scores_hash = pool.submit(req.scores.sha256) if req.scores is not None else None
-        with output_folder(req.out, req.force) as folder:
+        inputs = ckpt.files + (req.scores.files if req.scores is not None else []) + req.inputs
+        with output_folder(req.out, req.force, inputs) as folder:
             source = KeySource(
                 ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
             )

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from prunecli import __version__
-from prunecli.checkpoints import Checkpoint, guard_output_file, open_checkpoint
+from prunecli.checkpoints import Checkpoint, open_checkpoint
 from prunecli.dtypes import finite_weights
 from prunecli.errors import InputError, ScoreError
+from prunecli.outputs import output_file
 from prunecli.safetensors_io import SafetensorsWriter
 from prunecli.scoring.registry import Method
 
@@ -37,7 +38,6 @@ def compute_scores(
     Returns:
         The metadata written into the file (method, seed, source sha256, version).
     """
-    guard_output_file(out, force)
     metadata = {
         "format": SCORES_FORMAT,
         "method": method.name,
@@ -47,7 +47,7 @@ def compute_scores(
         "prunecli_version": __version__,
     }
     entries = [(n, "F32", ckpt.tensors[n].shape) for n in names]
-    with SafetensorsWriter(out, entries, metadata) as writer:
+    with output_file(out, force, ckpt.files), SafetensorsWriter(out, entries, metadata) as writer:
         for name in names:
             weights = finite_weights(ckpt.read(name), ckpt.tensors[name].dtype, name)
             scores = method.scorer(name, weights, seed, None)
@@ -68,10 +68,16 @@ def write_scores(
     scores: Iterable[tuple[str, np.ndarray]],
     metadata: dict[str, str],
     force: bool,
+    inputs: Iterable[Path] = (),
 ) -> None:
-    """Write float32 scores as they come (one tensor in memory at a time), atomically."""
-    guard_output_file(out, force)
-    with SafetensorsWriter(out, [(n, "F32", shape) for n, shape in entries], metadata) as writer:
+    """Write float32 scores as they come (one tensor in memory at a time), atomically.
+
+    `inputs` are the files the scores came from: the output may not replace any of them.
+    """
+    with (
+        output_file(out, force, inputs),
+        SafetensorsWriter(out, [(n, "F32", shape) for n, shape in entries], metadata) as writer,
+    ):
         for name, array in scores:
             writer.write(name, np.ascontiguousarray(array, np.float32))
 

@@ -327,7 +327,7 @@ def test_write_failures_leave_no_file(cli, pruned, tmp_path: Path, monkeypatch: 
         raise PermissionError(13, "Permission denied")
 
     with monkeypatch.context() as patch:
-        patch.setattr(export_module.tempfile, "mkstemp", refuse)
+        patch.setattr(export_module.os, "open", refuse)  # the output's lock and temporary file
         r = cli("export", pruned("lenet-5"), "--arch", "lenet-5", "-o", tmp_path / "m.onnx")
     assert r.code == 2 and "cannot write to" in r.err and "Permission denied" in r.err
     with monkeypatch.context() as patch:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -51,8 +53,33 @@ def _root(
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    text = f"error: {message}".encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    print(text, file=sys.stderr)
     return code
+
+
+class Terminated(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind, so that outputs in progress are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _os_error(exc: OSError) -> int:
+    """An environment fault outside our own writers (they raise PruneError): one line, no traceback."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return _fail(f"disk full{where and ' at' + where} ({exc.strerror}). Free some space or write "
+                     "elsewhere with -o", EXIT_RUNTIME)  # fmt: skip
+    user_fixable = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
+    code = EXIT_BAD_INPUT if exc.errno in user_fixable else EXIT_RUNTIME
+    return _fail(f"cannot use{where or ' a file'}: {exc.strerror or exc}. Check the path and its "
+                 "permissions", code)  # fmt: skip
 
 
 def _usage_error(exc: Exception) -> int:
@@ -90,8 +117,15 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(exc.one_line(), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        return _fail(f"interrupted by {name}; outputs in progress were removed", 128 + exc.signum)
     except MemoryError:
         return _fail("out of memory. Use a smaller model, or a machine with more memory.", EXIT_RUNTIME)
+    except OSError as exc:
+        if debug:
+            raise
+        return _os_error(exc)
     except Exception as exc:  # the last line of defence: never a traceback
         if debug:
             raise
@@ -100,5 +134,8 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGINT, SIGTERM and SIGHUP end the run cleanly, exit 128+N."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup and background jobs stay immune
+            signal.signal(signum, _raise_terminated)
     sys.exit(run())

@@ -136,6 +136,7 @@ def run_apply(
     quiet: bool = False,
     scores_label: str | None = None,
     isometry: tuple[int, float] | None = None,
+    inputs: list[Path] | None = None,
 ) -> None:
     """Open the inputs, run `apply_pruning`, and report; `scores_label` names temporary scores."""
     from prunecli.checkpoints import open_checkpoint
@@ -170,6 +171,7 @@ def run_apply(
             seed=seed,
             force=force,
             isometry=isometry,
+            inputs=list(inputs or []),
         )
         if score_file is not None:
             describe_scores(request, score_file.metadata)

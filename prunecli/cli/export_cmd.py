@@ -56,7 +56,9 @@ def export(
     rtol: Annotated[
         Optional[float], typer.Option("--rtol", help="Relative tolerance (default 1e-3; float16 1e-2).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the verification batch.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=opt.MAX_SEED, help="Seed of the verification batch.")
+    ] = 0,
     force: opt.Force = False,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,

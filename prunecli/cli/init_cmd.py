@@ -41,10 +41,11 @@ def init(
 
       prunecli init --arch vgg19 --arch-args '{"num_classes": 100}' -o vgg19-c100.safetensors
     """
-    from prunecli.checkpoints import guard_output_file
     from prunecli.initialize import init_checkpoint
     from prunecli.models import parse_arch_args
+    from prunecli.outputs import guard_output_file, require_suffix
 
+    require_suffix(output, ".safetensors", "initial weights")
     guard_output_file(output, force)
     count = init_checkpoint(
         arch, output, scheme=init_scheme, seed=seed, force=force, arch_args=parse_arch_args(arch_args)

@@ -11,7 +11,13 @@ from prunecli.errors import UsageError
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed: same inputs and seed give identical files.")]
+MAX_SEED = 2**64 - 1  # the widest seed every generator used here (torch, numpy) accepts
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed", min=0, max=MAX_SEED, help="Random seed: same inputs and seed give identical files."
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
 Include = Annotated[
     Optional[list[str]],

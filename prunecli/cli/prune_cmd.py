@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import shutil
 from typing import Annotated
 
 import typer
@@ -64,11 +63,13 @@ def prune(
 
       prunecli prune init.safetensors -m synflow --arch resnet20 --sparsity 0.98 -o out/
     """
-    from prunecli.checkpoints import check_output_folder
+    from prunecli.checkpoints import checkpoint_files
+    from prunecli.outputs import check_output_folder, create_temp_dir, existing_inputs
     from prunecli.scoring import get_method
 
     chosen = get_method(method)
-    check_output_folder(output, force)
+    inputs = checkpoint_files(checkpoint) + existing_inputs(arch, data)
+    check_output_folder(output, force, inputs)  # early, before minutes of scoring
     spec = selection_spec(
         sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude,
         structure=structure, aggregate=aggregate,
@@ -82,12 +83,12 @@ def prune(
         include=include, exclude=exclude,
         method_options=opt.method_options(hessian, hutchinson_samples, obd_first_order, fisher, max_params),
     )  # fmt: skip
-    parent = output.absolute().parent
-    with tempfile.TemporaryDirectory(
-        prefix=".prunecli-scores-", dir=parent if parent.is_dir() else None
-    ) as tmp:
-        scores = Path(tmp) / "scores.safetensors"
+    tmp = create_temp_dir(output)  # beside the output: removed below, or swept by a later run
+    try:
+        scores = tmp / "scores.safetensors"
         with RichProgress(quiet) as progress:
             compute(checkpoint, chosen, scores, options, False, progress, quiet)
         run_apply(checkpoint, output, spec, scores=scores, seed=seed, force=force, json_out=json_out,
-                  quiet=quiet, scores_label=f"(computed by prune: {chosen.name})")  # fmt: skip
+                  quiet=quiet, scores_label=f"(computed by prune: {chosen.name})", inputs=inputs)  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -93,12 +93,15 @@ def score_options(**given: object) -> dict[str, object]:
 def compute(checkpoint: Path, method: object, output: Path, options: dict, force: bool, progress: object,
             quiet: bool) -> int:  # fmt: skip
     """Score with a data-free per-tensor method or a model-based one; returns the tensor count."""
-    from prunecli.checkpoints import guard_output_file, open_checkpoint
+    from prunecli.checkpoints import checkpoint_files, open_checkpoint
     from prunecli.errors import UsageError
+    from prunecli.outputs import existing_inputs, guard_output_file, require_suffix
     from prunecli.prunable import prunable_names
     from prunecli.scores_file import compute_scores, write_scores
 
-    guard_output_file(output, force)
+    require_suffix(output, ".safetensors", "scores file")
+    inputs = checkpoint_files(checkpoint) + existing_inputs(options["arch"], options["data"])
+    guard_output_file(output, force, inputs)  # early, before minutes of scoring
     include, exclude = tuple(options["include"] or ()), tuple(options["exclude"] or ())
     if not method.needs_model:
         if options["sparsity"] is not None:
@@ -115,7 +118,7 @@ def compute(checkpoint: Path, method: object, output: Path, options: dict, force
     scored = run_model_method(checkpoint, method, options, progress)
     for line in scored.notes:
         note(line, quiet)
-    write_scores(output, scored.entries, scored.scores, scored.metadata, force)
+    write_scores(output, scored.entries, scored.scores, scored.metadata, force, inputs)
     return len(scored.entries)
 
 
