@@ -506,7 +506,8 @@ def test_pt2_with_pickled_code_is_refused_not_run(archive: Path, tmp_path: Path)
     evil = _rewrite(archive, tmp_path / "evil.pt2", "sample_inputs/model.pt", buffer.getvalue())
     with _raises(CheckpointError, "holds pickled objects that are not plain tensors", "GLOBAL", "refused"):
         resolve_model(str(evil))
-    assert default_input_shape(str(evil)) is None
+    with _raises(CheckpointError, "holds pickled objects that are not plain tensors"):
+        default_input_shape(str(evil))  # the refusal, not a silent "no shape"
     assert not marker.exists()
 
 

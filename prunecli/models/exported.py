@@ -1,9 +1,22 @@
 """`torch.export` archives (`.pt2`) as architecture specs: checked loading and the live module.
 
-`torch.export.load` unpickles some members of an archive with `weights_only=False` (pickled
-weights and constants, and the sample inputs when a safe load fails). Before handing the file to
-it, every such member is loaded here with `weights_only=True`; an archive holding anything but
-plain tensors and containers is refused, as `.pt` checkpoints are.
+`torch.export.load` is not safe on a file from someone else: it unpickles members with
+`weights_only=False` (weights and constants marked `use_pickle`, "opaque" constants, the sample
+inputs when a safe load fails), loads AOTInductor shared libraries, evaluates SymPy expressions
+with `eval`, and compiles Python source from names in the graph JSON. So an archive is checked
+here first, and torch only ever reads a copy that holds exactly the checked bytes:
+
+- the zip itself: no data before it, no comment, the central directory where the end record says,
+  every name exactly once (torch's reader matches names without regard to case and may read
+  either of two copies, `zipfile` reads the last), names inside the one top folder torch strips,
+  stored or deflated members only;
+- the members: only those `torch.export.save` writes (a fixed list, raw `weight_N`/`tensor_N`
+  payloads, `extra/` files); weights and constants only as raw bytes (`use_pickle: false`);
+  the sample inputs load with `weights_only=True`, as torch tries first;
+- the graph JSON: names limited to identifier characters, SymPy expressions and guards limited
+  to calls of known functions on literals and symbols; after loading, no graph node may take a
+  callable other than an operator, and no string input may hold quotes (torch writes the guard
+  function that `.module()` compiles from guards, input names and string inputs).
 
 The module an archive yields runs the graph as it was exported: train/eval behaviour (batch norm,
 dropout) and any static batch size are fixed at export time.
@@ -11,16 +24,20 @@ dropout) and any static batch size are fixed at export time.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
 import posixpath
+import re
+import struct
+import tempfile
 import types
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -33,6 +50,30 @@ _REEXPORT_HINT = (
     "re-export it with torch.export.save(torch.export.export(model, example_inputs), path) "
     f"using this PyTorch ({torch.__version__.split('+')[0]})"
 )
+_UNSAFE_HINT = (
+    "nothing in it was run; if you made the model, re-export it with torch.export.save"
+    "(torch.export.export(model, example_inputs), path), and use .pt2 files only from sources you trust"
+)
+
+# What torch.export.save (PyTorch 2.8+) writes for one program named "model", below the top folder.
+_GRAPH = "models/model.json"
+_SAMPLE = "data/sample_inputs/model.pt"
+_CONFIGS = {  # payload config -> (folder, file prefix) of the raw tensors it lists
+    "data/weights/model_weights_config.json": ("data/weights/", "weight_"),
+    "data/constants/model_constants_config.json": ("data/constants/", "tensor_"),
+}
+_REQUIRED = frozenset({"archive_format", "archive_version", _GRAPH, _SAMPLE, *_CONFIGS})
+_OPTIONAL = frozenset({"byteorder", "version", ".data/version", ".data/serialization_id"})
+_PAYLOAD = re.compile(r"data/(weights/weight|constants/tensor)_[0-9]+\Z")
+_EXTRA = re.compile(r"extra/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_REPACK_ROOT = "archive"
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]*\Z")  # names in the graph JSON end up in generated Python source
+_FREE_TEXT = frozenset(  # strings torch keeps as data (metadata, string constants), never as code
+    {"stack_trace", "nn_module_stack", "torch_fn", "source_fn_stack", "custom", "torch_version"}
+    | {"as_string", "as_strings"}
+)
+_ZIP_FLAGS = 0x0808 | 0x0006  # data descriptor, UTF-8 names, deflate options; never encryption
 
 
 def load_exported_module(path: Path) -> nn.Module:
@@ -47,7 +88,7 @@ def load_exported_module(path: Path) -> nn.Module:
     """
     program = _load_program(path)
     try:
-        module = program.module()
+        module = program.module()  # compiles a guard function from strings _check_program has vetted
     except Exception as exc:
         raise InputError(
             f"{path} could not be turned into a module ({describe_exception(exc)})", _REEXPORT_HINT
@@ -78,52 +119,339 @@ def _set_training_flags(self: nn.Module, mode: bool = True) -> nn.Module:
 
 
 def _load_program(path: Path) -> torch.export.ExportedProgram:
-    _check_archive(path)
-    try:
-        with _quiet_torch_export_log():
-            return torch.export.load(path)
-    except Exception as exc:
-        raise InputError(
-            f"{path} is not a loadable torch.export archive ({describe_exception(exc)})", _REEXPORT_HINT
-        ) from exc
+    """Check the archive, then let torch load a fresh copy of the checked members, and nothing else."""
+    with tempfile.TemporaryFile(suffix=".pt2") as copy:
+        with zipfile.ZipFile(copy, "w", zipfile.ZIP_STORED) as target:
+            _check_archive(path, target)
+        copy.seek(0)
+        try:
+            with _quiet_torch_export_log():
+                program = torch.export.load(copy)
+        except Exception as exc:
+            raise InputError(
+                f"{path} is not a loadable torch.export archive ({describe_exception(exc)})", _REEXPORT_HINT
+            ) from exc
+    _check_program(program, path)
+    return program
 
 
-def _check_archive(path: Path) -> Any:
-    """Refuse a file that is not a `.pt2` archive or holds pickled objects; return the sample inputs."""
+def _check_archive(path: Path, copy_to: zipfile.ZipFile | None = None) -> Any:
+    """Refuse a file that is not a `.pt2` archive or that torch could act on unsafely.
+
+    Returns the sample inputs; with `copy_to`, also writes every checked member there (stored, under
+    one fixed top folder), so that torch reads exactly the bytes checked here.
+    """
     require_file(path, "torch.export archive")
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if not any(posixpath.basename(n) in _ARCHIVE_MARKERS for n in names):
-                raise InputError(f"{path} is not a torch.export archive (a torch.save file?)", _REEXPORT_HINT)
-            sample = None
-            for name in _pickled_members(archive, names):
-                value = _safe_load(archive, name, path)
-                if "sample_inputs" in name.split("/"):
-                    sample = value
+        with path.open("rb") as raw, zipfile.ZipFile(raw) as archive:
+            records = _records(archive, raw, path)
+            sample, listed = None, set()
+            for record, info in records.items():
+                data = archive.read(info)  # zipfile checks the local header's name and the CRC
+                if record == _SAMPLE:
+                    sample = _safe_load(data, record, path)
+                elif record in _CONFIGS:
+                    listed |= _check_payload_config(data, record, records, path)
+                elif record == _GRAPH:
+                    _check_graph_json(data, path)
+                if copy_to is not None:
+                    copy_to.writestr(f"{_REPACK_ROOT}/{record}", data)
+            if unlisted := sorted(r for r in records if _PAYLOAD.match(r) and r not in listed):
+                raise _unsafe(path, f"holds {unlisted[0]}, which no payload config lists")
             return sample
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
+        raise CheckpointError(
             f"{path} is not a readable torch.export archive ({describe_exception(exc)})", _REEXPORT_HINT
         ) from None
 
 
-def _pickled_members(archive: zipfile.ZipFile, names: list[str]) -> Iterator[str]:
-    """Members that torch.export.load may unpickle: all under data/ except raw tensor payloads."""
-    raw: set[str] = set()
-    for config in (n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))):
-        for entry in json.loads(archive.read(config))["config"].values():
-            if not entry.get("use_pickle", True):
-                raw.add(posixpath.join(posixpath.dirname(config), entry["path_name"]))
-    for name in names:
-        in_data = "data" in name.split("/")[:-1]
-        if (in_data and not name.endswith(".json") and name not in raw) or name.endswith(".pt"):
-            yield name
+def _unsafe(path: Path, problem: str) -> CheckpointError:
+    """The one error for an archive refused on safety grounds."""
+    return CheckpointError(f"{path} is not a safe torch.export archive: it {problem}", _UNSAFE_HINT)
 
 
-def _safe_load(archive: zipfile.ZipFile, name: str, path: Path) -> Any:
+def _shown(text: str) -> str:
+    """A string from the archive, quoted and cut short for a one-line message."""
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+
+
+def _records(archive: zipfile.ZipFile, raw: IO[bytes], path: Path) -> dict[str, zipfile.ZipInfo]:
+    """The members by the name torch's reader gives them (top folder stripped), after every check
+    that makes that name unambiguous; anything torch.export.save would not write is refused."""
+    infos = archive.infolist()
+    markers = {posixpath.basename(i.filename) for i in infos} & set(_ARCHIVE_MARKERS)
+    if not markers:
+        raise InputError(f"{path} is not a torch.export archive (a torch.save file?)", _REEXPORT_HINT)
+    if "archive_format" not in markers:  # torch loads that layout's state dict with weights_only=False
+        raise InputError(f"{path} uses the torch.export layout of PyTorch < 2.8, not loaded", _REEXPORT_HINT)
+    _check_container(archive, raw, path)
+    root = infos[0].filename.split("/", 1)[0]  # torch takes the first entry's folder as the root
+    records: dict[str, zipfile.ZipInfo] = {}
+    folded: set[str] = set()
+    for info in infos:
+        _check_entry(info, path)
+        if not info.filename.startswith(f"{root}/"):
+            raise _unsafe(path, f"holds {info.filename!r} outside its top folder {root!r}")
+        record = info.filename[len(root) + 1 :]
+        if record.lower() in folded:  # torch's reader matches names without regard to case
+            raise _unsafe(path, f"holds the member {_shown(record)} twice (or twice but for case)")
+        folded.add(record.lower())
+        if not (record in _REQUIRED or record in _OPTIONAL or _PAYLOAD.match(record) or _EXTRA.match(record)):
+            raise _unsafe(path, f"holds {_shown(record)}, which torch.export.save does not write")
+        records[record] = info
+    if missing := sorted(_REQUIRED - records.keys()):
+        raise InputError(f"{path} is not a complete torch.export archive (no {missing[0]})", _REEXPORT_HINT)
+    return records
+
+
+def _check_entry(info: zipfile.ZipInfo, path: Path) -> None:
+    """A member name and encoding that torch's C++ reader and `zipfile` read the same way."""
+    name = info.filename
+    if (
+        name != info.orig_filename  # a NUL byte: zipfile cuts the name there, torch does not
+        or not name.isascii()  # zipfile decodes cp437, torch keeps the raw bytes
+        or not name.isprintable()
+        or "\\" in name
+        or name.startswith("/")
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or len(name) > 400
+    ):
+        raise _unsafe(path, f"holds a member named {_shown(name)}, which readers may resolve differently")
+    if info.flag_bits & ~_ZIP_FLAGS or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _unsafe(path, f"holds {_shown(name)} encrypted or compressed as torch.export.save never does")
+
+
+def _check_container(archive: zipfile.ZipFile, raw: IO[bytes], path: Path) -> None:
+    """No data before the zip, no comment after it, one central directory that both readers find.
+
+    `zipfile` shifts every offset when bytes precede the archive, torch's reader does not: the two
+    would read different central directories.
+    """
+    count, cd_size, cd_offset, cd_end = _end_record(raw, path)
+    if (
+        count != len(archive.infolist())
+        or cd_offset + cd_size != cd_end
+        or getattr(archive, "start_dir", None) != cd_offset
+    ):
+        raise _unsafe(path, "has data before the zip or a central directory that readers may see differently")
+
+
+def _end_record(raw: IO[bytes], path: Path) -> tuple[int, int, int, int]:
+    """Entries, directory size, directory offset and where the directory must end, from the end
+    record and its zip64 twin (torch.export.save writes both); refuses records that disagree."""
+    size = raw.seek(0, io.SEEK_END)
+    raw.seek(max(size - 98, 0))
+    tail = raw.read()
+    end = tail[-22:]
+    if len(end) != 22 or end[:4] != b"PK\x05\x06" or end[-2:] != b"\0\0":
+        raise _unsafe(path, "does not end with a plain zip end record (a comment or trailing data)")
+    disk, cd_disk, *small = struct.unpack("<4x4H2L2x", end)
+    if tail[-42:-38] != b"PK\x06\x07":
+        if disk or cd_disk or small[0] != small[1]:
+            raise _unsafe(path, "spans several disks")
+        return small[1], small[2], small[3], size - 22
+    record_at = struct.unpack("<8xQ4x", tail[-42:-22])[0]
+    zip64 = tail[-98:-42]
+    if zip64[:4] != b"PK\x06\x06" or record_at != size - 98:  # zipfile reads it there, torch where pointed
+        raise _unsafe(path, "has a zip64 end record that its locator does not point to")
+    disk, cd_disk, *big = struct.unpack("<16x2L4Q", zip64)
+    sentinels = (0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)  # "see the zip64 record"
+    agree = all(v in (b, m) for v, b, m in zip(small, big, sentinels, strict=True))
+    if disk or cd_disk or big[0] != big[1] or not agree:
+        raise _unsafe(path, "has zip and zip64 end records that disagree")
+    return big[1], big[2], big[3], size - 98
+
+
+def _check_payload_config(data: bytes, record: str, records: dict[str, Any], path: Path) -> set[str]:
+    """Every entry a raw tensor (torch unpickles `use_pickle` entries with weights_only=False);
+    returns the member names listed."""
+    folder, prefix = _CONFIGS[record]
+    config = json.loads(data.decode("utf-8"))
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{record} has no config mapping")
+    listed = set()
+    for fqn, entry in entries.items():
+        name = entry.get("path_name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or entry.get("use_pickle") is not False:
+            raise _unsafe(path, f"stores {_shown(fqn)} pickled ({record}); only raw tensors are loaded")
+        member = folder + name
+        if not (name.startswith(prefix) and _PAYLOAD.match(member) and member in records):
+            raise _unsafe(path, f"lists {_shown(fqn)} at {_shown(name)} in {record}, not a raw tensor of it")
+        if bad := _bad_string(entry, "") or _bad_string(fqn, ""):
+            raise _unsafe(path, f"has the name {_shown(bad)} in {record}")
+        listed.add(member)
+    return listed
+
+
+def _check_graph_json(data: bytes, path: Path) -> None:
+    """Refuse strings that torch would turn into code: names go into generated Python source,
+    `expr_str` into SymPy's `eval`, guards into a compiled function, tree specs into signatures."""
+    graph = json.loads(data.decode("utf-8"))
+    if bad := _bad_string(graph, ""):
+        raise _unsafe(path, f"has {_shown(bad)} in {_GRAPH}, not a plain name or shape expression")
+
+
+def _bad_string(value: Any, key: str) -> str | None:
+    """The first string under `value` that is unsafe where it sits, or None."""
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not _NAME.match(k):
+                return k
+            if (bad := _bad_string(item, k)) is not None:
+                return bad
+        return None
+    if isinstance(value, list):
+        return next((bad for item in value if (bad := _bad_string(item, key)) is not None), None)
+    if not isinstance(value, str) or key in _FREE_TEXT or _NAME.match(value):
+        return None
+    if key in ("in_spec", "out_spec"):
+        return _bad_tree_spec(value)
+    if key == "expr_str":
+        return None if _is_sympy_literal(value) else value
+    if key == "guards_code":
+        return None if _is_shape_guard(value) else value
+    return value
+
+
+def _bad_tree_spec(text: str) -> str | None:
+    """Tree specs are JSON whose `context` fields are JSON again; dict keys become source text."""
     try:
-        return torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+        spec = json.loads(text)
+    except ValueError:
+        return text
+    return _bad_context(spec)
+
+
+def _bad_context(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not _NAME.match(k):
+                return k
+            if k == "context" and isinstance(item, str) and not _NAME.match(item):
+                if (bad := _bad_tree_spec(item)) is not None:
+                    return bad
+            elif (bad := _bad_context(item)) is not None:
+                return bad
+        return None
+    if isinstance(value, list):
+        return next((bad for item in value if (bad := _bad_context(item)) is not None), None)
+    return value if isinstance(value, str) and not _NAME.match(value) else None
+
+
+# Calls a serialized SymPy expression may make: SymPy's own classes as `srepr` writes them, and
+# torch's shape functions (the names torch passes to sympify as locals).
+_SYMPY_CALLS = frozenset(
+    "Symbol Integer Rational Float Add Mul Pow Max Min Abs floor ceiling Eq Ne Lt Le Gt Ge "
+    "StrictLessThan StrictGreaterThan LessThan GreaterThan Equality Unequality And Or Not "
+    "Piecewise ExprCondPair NegativeOne One Zero Half Infinity NegativeInfinity IntInfinity "
+    "NegativeIntInfinity BooleanTrue BooleanFalse true false oo "
+    "FloorDiv ModularIndexing Where PythonMod Mod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift "
+    "PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat "
+    "TruncToInt RoundToInt RoundDecimal ToFloat Identity".split()
+)
+_ARITHMETIC = (ast.Expression, ast.Load, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
+_SYMBOL_NAME = re.compile(r"[a-z]{1,4}[0-9]+\Z")  # s0, u3, zuf1: torch's symbol names
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_GUARD_NAMES = frozenset({"L", "math", "torch", "max", "min", "abs", "int", "float", "True", "False"})
+_GUARD_ATTRIBUTES = frozenset({"size", "stride", "storage_offset", "dim", "numel", "floor", "ceil", "trunc"})
+_GUARD_ATTRIBUTES |= {"sqrt", "isnan", "isinf", "inf", "sym_max", "sym_min", "sym_float", "sym_int"}
+_GUARD_ATTRIBUTES |= {"sym_sqrt", "sym_ite", "sym_not", "sym_sum"}
+
+
+def _is_sympy_literal(text: str) -> bool:
+    """True for calls of known SymPy constructors on numbers, symbol names and keyword flags."""
+    tree = _parse_expression(text)
+    if tree is None:
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            ok = isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS
+        elif isinstance(node, ast.Name):
+            ok = node.id in _SYMPY_CALLS or bool(_SYMBOL_NAME.match(node.id))
+        elif isinstance(node, ast.keyword):
+            ok = node.arg is not None and node.arg.isalpha() and node.arg.islower()
+        elif isinstance(node, ast.Constant):
+            ok = _is_plain_constant(node.value)
+        else:
+            ok = isinstance(node, _ARITHMETIC)
+        if not ok:
+            return False
+    return True
+
+
+def _is_shape_guard(text: str) -> bool:
+    """True for comparisons of input sizes (`L['x'].size()[0] >= 2`) and arithmetic on them."""
+    tree = _parse_expression(text)
+    if tree is None:
+        return False
+    allowed = (*_ARITHMETIC, ast.BoolOp, ast.boolop, ast.Compare, ast.cmpop, ast.Subscript, ast.Call)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            ok = node.id in _GUARD_NAMES
+        elif isinstance(node, ast.Attribute):
+            ok = node.attr in _GUARD_ATTRIBUTES
+        elif isinstance(node, ast.Constant):
+            ok = _is_plain_constant(node.value)
+        else:
+            ok = isinstance(node, allowed)
+        if not ok:
+            return False
+    return True
+
+
+def _parse_expression(text: str) -> ast.Expression | None:
+    if not text.isprintable():  # a line break or carriage return could end a line of generated code
+        return None
+    try:
+        return ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _is_plain_constant(value: object) -> bool:
+    """Numbers, booleans, None and identifier-like strings (sympify of such a string only names)."""
+    if isinstance(value, str):
+        return bool(_IDENTIFIER.match(value))
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def _check_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    """Graph nodes may take operators as arguments but no other callable (`os.system` through
+    `torch.os`): torch's verifier checks node targets only. String inputs go into the source of the
+    guard function between quotes, so they must be plain names."""
+    operators = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            value = node.meta.get("val")
+            if node.op == "placeholder" and isinstance(value, str) and not _NAME.match(value):
+                raise _unsafe(path, f"has the string input {_shown(value)}, not a plain name")
+            found: list[Any] = []
+            torch.fx.node.map_aggregate((node.args, node.kwargs), found.append)
+            for value in found:
+                if callable(value) and not isinstance(value, operators):
+                    shown = _shown(repr(value))
+                    raise _unsafe(path, f"passes {shown} to the graph node {node.name}: not an operator")
+
+
+def _safe_load(data: bytes, name: str, path: Path) -> Any:
+    """The sample inputs, loaded as torch first tries: weights_only=True, no map_location. When that
+    fails, torch retries with weights_only=False, so a failure here refuses the file."""
+    if not data:
+        return None
+    try:
+        sample = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
         why = (
@@ -133,6 +461,22 @@ def _safe_load(archive: zipfile.ZipFile, name: str, path: Path) -> Any:
             f"{path} holds pickled objects that are not plain tensors ({name}: {why}); refused to load them",
             "re-export without custom objects, or call torch.export.load yourself if you trust the file",
         ) from None
+    if (bad := _bad_key(sample)) is not None:  # keys end up in the guard function's source
+        raise _unsafe(path, f"has the input key {_shown(bad)} in {name}, not a plain name")
+    return sample
+
+
+def _bad_key(value: Any) -> str | None:
+    """The first dict key under `value` that is neither an int nor a plain name (as repr), or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not (isinstance(key, int) or (isinstance(key, str) and _NAME.match(key))):
+                return repr(key)
+            if (bad := _bad_key(item)) is not None:
+                return bad
+    elif isinstance(value, (tuple, list)):
+        return next((bad for item in value if (bad := _bad_key(item)) is not None), None)
+    return None
 
 
 @contextmanager

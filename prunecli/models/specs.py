@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunecli.errors import InputError, PruneError, UsageError
+from prunecli.errors import CheckpointError, InputError, PruneError, UsageError
 from prunecli.models.exported import describe_exception, exported_input_shape, load_exported_module
 from prunecli.models.zoo import ZOO, input_shape
 
@@ -98,8 +98,9 @@ def default_input_shape(spec: str, arch_args: Mapping[str, Any] | None = None) -
     """One example's input shape (no batch dimension) when the spec implies one, else None.
 
     Zoo models have a fixed shape (the MLP's follows `in_features`); a `.pt2` archive gives the
-    shape of its sample input when it has a single tensor input. Never raises: a spec that does not
-    resolve gives None, and `resolve_model` reports the problem.
+    shape of its sample input when it has a single tensor input. A spec that does not resolve
+    gives None, and `resolve_model` reports the problem; an archive refused as unsafe raises
+    CheckpointError at once, so that the refusal is what the user sees.
 
     Example:
         >>> default_input_shape("resnet50")
@@ -108,6 +109,8 @@ def default_input_shape(spec: str, arch_args: Mapping[str, Any] | None = None) -
     if _is_archive(spec):
         try:
             return exported_input_shape(Path(spec))
+        except CheckpointError:
+            raise
         except PruneError:
             return None
     name = spec.strip().lower()
