@@ -383,3 +383,19 @@ def test_missing_onnx_names_the_extra(cli, pruned, tmp_path: Path, monkeypatch, 
 def test_help_has_examples(cli) -> None:
     r = cli("export", "--help")
     assert r.code == 0 and "Examples" in r.out and "prunecli export out/ --arch vgg16" in r.out
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_are_refused(cli, tmp_path: Path, bad: float) -> None:
+    from prunecli.safetensors_io import SafetensorsReader, write_arrays
+
+    assert cli("init", "--arch", "lenet-300-100", "-o", tmp_path / "i.safetensors", "-q").code == 0
+    reader = SafetensorsReader(tmp_path / "i.safetensors")
+    arrays = {name: (info.dtype, reader.read(name).copy()) for name, info in reader.tensors.items()}
+    reader.close()
+    arrays["fc2.weight"][1].reshape(-1)[7] = bad
+    write_arrays(tmp_path / "bad.safetensors", arrays, {})
+    r = cli("export", tmp_path / "bad.safetensors", "--arch", "lenet-300-100", "-o", tmp_path / "m.onnx")
+    assert r.code == 3 and r.err.count("\n") == 1
+    assert r.err.startswith("error: weights of fc2.weight contain NaN or infinite values")
+    assert_nothing_written(tmp_path, {"i.safetensors", "bad.safetensors"})

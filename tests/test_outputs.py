@@ -197,6 +197,17 @@ def _slow_apply(init: Path, out: Path) -> subprocess.Popen[str]:
     return child
 
 
+def test_two_processes_writing_one_output_cannot_both_succeed(init: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = _slow_apply(init, out)
+    argv = [sys.executable, "-m", "prunecli", "apply", str(init), "-m", "magnitude", "-s", "0.5", "-o", out]
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"is being written by PID {first.pid}" in second.stderr
+    assert first.wait(timeout=120) == 0
+    assert json.loads((out / "manifest.json").read_text())["selection"]["sparsity"] == 0.9
+    assert leftovers(tmp_path) == []
+
+
 def test_kill_9_leftovers_are_removed_by_the_next_run(cli, init: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     child = _slow_apply(init, out)
