@@ -21,8 +21,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check prunecli tests benchmarks
-	$(VENV)/bin/ruff format --check prunecli tests benchmarks
+	$(VENV)/bin/ruff check prunecli tests benchmarks tools
+	$(VENV)/bin/ruff format --check prunecli tests benchmarks tools
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_apply.py
