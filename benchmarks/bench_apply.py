@@ -70,7 +70,7 @@ def worker_generate(args: list[str]) -> None:
     """Write a seeded checkpoint one tensor at a time (memory ~ one tensor)."""
     import numpy as np
 
-    from prunecli.safetensors_io import SafetensorsWriter
+    from prunecli.io.safetensors_file import SafetensorsWriter
 
     path, params, hidden, dtype, seed = Path(args[0]), float(args[1]), int(args[2]), args[3], int(args[4])
     st_dtype = DTYPES[dtype][0]
@@ -117,7 +117,7 @@ def worker_torch_baseline(args: list[str]) -> None:
 def worker_copy(args: list[str]) -> None:
     """The write floor: prunecli's own reading (a memory map, no copy into a buffer) and
     atomic fsync'd writing, tensor by tensor, with no selection."""
-    from prunecli.safetensors_io import SafetensorsReader, SafetensorsWriter
+    from prunecli.io.safetensors_file import SafetensorsReader, SafetensorsWriter
 
     reader = SafetensorsReader(Path(args[0]))
     entries = [(name, info.dtype, info.shape) for name, info in reader.tensors.items()]
@@ -141,8 +141,8 @@ def worker_verify(args: list[str]) -> None:
     """Compare prunecli's output (and the torch one, if given) tensor by tensor; print JSON."""
     import numpy as np
 
-    from prunecli.dtypes import to_float32
-    from prunecli.safetensors_io import SafetensorsReader
+    from prunecli.io.dtypes import to_float32
+    from prunecli.io.safetensors_file import SafetensorsReader
 
     ckpt, prune_dir = Path(args[0]), Path(args[1])
     torch_out = Path(args[2]) if len(args) > 2 else None

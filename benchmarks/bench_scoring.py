@@ -19,14 +19,14 @@ from collections.abc import Callable
 
 import torch
 
+from prunecli.io.safetensors_file import TensorInfo
 from prunecli.models import default_input_shape, resolve_model
-from prunecli.prunable import looks_prunable
-from prunecli.safetensors_io import TensorInfo
 from prunecli.scoring.functional import leaf_weights
 from prunecli.scoring.grasp import grasp_scores
 from prunecli.scoring.snip import snip_scores
 from prunecli.scoring.synflow import synflow_scores
 from prunecli.scoring.topk import topk_masks
+from prunecli.selection.prunable import looks_prunable
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeat: int = 3) -> float:

@@ -21,7 +21,7 @@ _MASKING = frozenset({"attach_masks", "detach_masks", "is_masked", "load_masks",
 
 def __getattr__(name: str) -> Any:
     if name in _MASKING:
-        from prunecli import masking
+        from prunecli.training import masks as masking
 
         return getattr(masking, name)
     raise AttributeError(f"module 'prunecli' has no attribute {name!r}")

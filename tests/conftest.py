@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prunecli.cli.app import run
-from prunecli.safetensors_io import write_arrays
+from prunecli.io.safetensors_file import write_arrays
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

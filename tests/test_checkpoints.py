@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunecli.checkpoints import load_state_dict, open_checkpoint
 from prunecli.errors import CheckpointError
+from prunecli.io.checkpoints import load_state_dict, open_checkpoint
 
 MARKER = Path("/tmp/prunecli-pickle-was-executed")
 
@@ -77,7 +77,7 @@ def test_sha256_of_files_hashes_the_bytes_in_order(tmp_path: Path) -> None:
     import hashlib
     import os
 
-    from prunecli.checkpoints import HASH_PIECE, sha256_of_files
+    from prunecli.io.checkpoints import HASH_PIECE, sha256_of_files
 
     first, empty = tmp_path / "a.bin", tmp_path / "empty.bin"
     first.write_bytes(os.urandom(2 * HASH_PIECE + 3))  # whole pieces and a remainder

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from prunecli.analysis.compare import compare, compare_masks, expected_random_overlap, load_mask_set
 from prunecli.cli.compare_cmd import compare as compare_command
 from prunecli.cli.compare_cmd import render
-from prunecli.compare import compare, compare_masks, expected_random_overlap, load_mask_set
 from prunecli.errors import InputError
-from prunecli.safetensors_io import write_arrays
+from prunecli.io.safetensors_file import write_arrays
 from tests.conftest import save_f32
 
 

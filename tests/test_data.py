@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import save_file as save_safetensors_numpy
 from safetensors.torch import save_file as save_safetensors_torch
 
-from prunecli.data import KEY_PAIRS, Calibration, check_labels, load_calibration, parse_shape
+from prunecli.calibration.data import KEY_PAIRS, Calibration, check_labels, load_calibration, parse_shape
 from prunecli.errors import EXIT_BAD_INPUT, InputError, PruneError, UsageError
 
 MNIST_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "train.npz"

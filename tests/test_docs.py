@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prunecli.cli.app import app
-from prunecli.manifest import SCHEMA
+from prunecli.io.manifest import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [c.name for c in app.registered_commands]

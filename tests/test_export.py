@@ -19,12 +19,12 @@ from onnx import numpy_helper  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 import prunecli.cli.app as app_module  # noqa: E402
-import prunecli.export as export_module  # noqa: E402
-import prunecli.onnx_sparse as onnx_sparse  # noqa: E402
+import prunecli.export.sparse as onnx_sparse  # noqa: E402
+import prunecli.export.to_onnx as export_module  # noqa: E402
 from prunecli import __version__  # noqa: E402
 from prunecli.cli.app import run  # noqa: E402
 from prunecli.cli.export_cmd import export  # noqa: E402
-from prunecli.export import ExportRequest, export_onnx, runtime_max_ir_version  # noqa: E402
+from prunecli.export.to_onnx import ExportRequest, export_onnx, runtime_max_ir_version  # noqa: E402
 
 MODELS = {"lenet-5": (1, 28, 28), "vgg16": (3, 32, 32), "resnet20": (3, 32, 32)}
 
@@ -60,7 +60,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 def torch_outputs(arch: str, folder: Path, x: np.ndarray) -> np.ndarray:
     import torch
 
-    from prunecli.checkpoints import load_state_dict
+    from prunecli.io.checkpoints import load_state_dict
     from prunecli.models import load_weights, resolve_model
 
     model = resolve_model(arch)
@@ -343,7 +343,7 @@ def test_export_failure_keeps_stdout_clean(pruned, tmp_path: Path, capfd: pytest
         "    def forward(self, x):\n        return torch.fft.rfft(x).abs()\n"
     )
     ckpt = tmp_path / "empty.safetensors"
-    from prunecli.safetensors_io import write_arrays
+    from prunecli.io.safetensors_file import write_arrays
 
     write_arrays(ckpt, {}, {})
     code = run(["export", str(ckpt), "--arch", f"{tmp_path}/fftnet.py:Net", "--input-shape", "8",
@@ -387,7 +387,7 @@ def test_help_has_examples(cli) -> None:
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_weights_are_refused(cli, tmp_path: Path, bad: float) -> None:
-    from prunecli.safetensors_io import SafetensorsReader, write_arrays
+    from prunecli.io.safetensors_file import SafetensorsReader, write_arrays
 
     assert cli("init", "--arch", "lenet-300-100", "-o", tmp_path / "i.safetensors", "-q").code == 0
     reader = SafetensorsReader(tmp_path / "i.safetensors")

@@ -24,7 +24,7 @@ import typer.main
 from safetensors.numpy import load as library_load
 
 from prunecli.cli.app import run
-from prunecli.safetensors_io import write_arrays
+from prunecli.io.safetensors_file import write_arrays
 
 SEED = 20250107
 CASES = 500

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from prunecli import ordered
 from prunecli.cli.app import run
 from prunecli.cli.inspect_cmd import finite_or_null
 from prunecli.errors import UsageError
-from prunecli.ordered import worker_count
-from prunecli.safetensors_io import read_header
+from prunecli.io.safetensors_file import read_header
+from prunecli.selection import workers as ordered
+from prunecli.selection.workers import worker_count
 from tests.conftest import save_f32
 
 REDO = "re-run apply"

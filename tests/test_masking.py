@@ -21,9 +21,10 @@ import torch
 from safetensors.numpy import load_file
 from torch import nn
 
-from prunecli.checkpoints import save_state_dict
 from prunecli.errors import InputError, ManifestError
-from prunecli.masking import (
+from prunecli.io.checkpoints import save_state_dict
+from prunecli.io.safetensors_file import write_arrays
+from prunecli.training.masks import (
     MASK_PREFIX,
     attach_masks,
     attached_masks,
@@ -33,7 +34,6 @@ from prunecli.masking import (
     read_masks,
     reapply_masks,
 )
-from prunecli.safetensors_io import write_arrays
 
 
 class MLP(nn.Module):
@@ -157,7 +157,7 @@ def test_read_masks_is_numpy_and_imports_no_torch(pruned: Pruned) -> None:
     masks = read_masks(pruned.out)
     assert all(m.dtype == np.bool_ for m in masks.values())
     probe = (
-        "import sys; from prunecli.masking import read_masks; "
+        "import sys; from prunecli.training.masks import read_masks; "
         f"m = read_masks({str(pruned.out)!r}); assert m; print('torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from prunecli.checkpoints import load_state_dict
+from prunecli.io.checkpoints import load_state_dict
 from prunecli.models.zoo import ZOO, build_model, input_shape
 
 

@@ -290,7 +290,7 @@ def test_listing_methods_imports_no_torch() -> None:
 
 
 def _context(model: nn.Module, names: list[str], batches: list, **options: object) -> object:
-    from prunecli.scoring.context import ScoringContext
+    from prunecli.calibration.context import ScoringContext
 
     ctx = ScoringContext(model=model, names=names, batches=batches)
     ctx.options = options  # the optional field requested from context.py; read with getattr for now
@@ -324,7 +324,7 @@ needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/da
 
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from prunecli.initialize import init_checkpoint
+    from prunecli.models.initialize import init_checkpoint
 
     path = tmp_path_factory.mktemp("init") / "lenet.safetensors"
     init_checkpoint("lenet-300-100", path, seed=0)
@@ -333,7 +333,7 @@ def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from prunecli.initialize import init_checkpoint
+    from prunecli.models.initialize import init_checkpoint
 
     path = tmp_path_factory.mktemp("init") / "mlp.safetensors"
     init_checkpoint("mlp", path, seed=0, arch_args={"hidden": [8]})

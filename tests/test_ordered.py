@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from prunecli import ordered
-from prunecli.ordered import Workers, in_order, worker_count
-from prunecli.safetensors_io import write_arrays
+from prunecli.io.safetensors_file import write_arrays
+from prunecli.selection import workers as ordered
+from prunecli.selection.workers import Workers, in_order, worker_count
 
 
 def test_results_come_in_order_with_a_bounded_look_ahead() -> None:

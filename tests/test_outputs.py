@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import Result
 
-from prunecli import outputs
-from prunecli.outputs import output_lock, sweep_stale, temp_name
-from prunecli.safetensors_io import write_arrays
+from prunecli.io import outputs
+from prunecli.io.outputs import output_lock, sweep_stale, temp_name
+from prunecli.io.safetensors_file import write_arrays
 
 LEFTOVER_MARKS = (outputs.TEMP_MARK, outputs.LOCK_SUFFIX)
 
@@ -174,7 +174,7 @@ def test_stale_temporaries_of_dead_processes_are_swept(tmp_path: Path) -> None:
 
 CHILD = """
 import sys, time
-from prunecli import safetensors_io
+from prunecli.io import safetensors_file as safetensors_io
 original = safetensors_io.SafetensorsWriter.write_parts
 def slow(self, name, parts):
     time.sleep(0.4)

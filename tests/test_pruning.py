@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunecli import pruning, selection
-from prunecli.checkpoints import open_checkpoint
-from prunecli.pruning import ApplyRequest, KeySource, SelectionSpec, apply_pruning
-from prunecli.safetensors_io import SafetensorsReader, write_arrays
+from prunecli.apply import plan, write
+from prunecli.apply.plan import KeySource
+from prunecli.io.checkpoints import open_checkpoint
+from prunecli.io.safetensors_file import SafetensorsReader, write_arrays
+from prunecli.pipelines import apply as pruning
+from prunecli.pipelines.apply import ApplyRequest, apply_pruning
 from prunecli.scoring.registry import get_method
+from prunecli.selection import threshold as selection
+from prunecli.selection.spec import SelectionSpec
 from tests.test_selection import reference_mask
 
 SHAPES = {"a.weight": (37, 29), "b.weight": (64, 50), "c.weight": (3, 301)}
@@ -27,8 +31,9 @@ def _tied_weights(seed: int) -> dict[str, np.ndarray]:
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 97 keys, segments of 392 (a multiple of 8), and the sampled threshold on from 1,000 keys."""
-    monkeypatch.setattr(pruning, "BLOCK", 97)
-    monkeypatch.setattr(pruning, "SEGMENT", 392)
+    for module in (plan, write):  # the write pass takes its block sizes from the plan's
+        monkeypatch.setattr(module, "BLOCK", 97)
+        monkeypatch.setattr(module, "SEGMENT", 392)
     monkeypatch.setattr(selection, "SAMPLE_MIN_TOTAL", 1000)
     monkeypatch.setattr(selection, "SAMPLE_LIMIT", 256)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from prunecli.checkpoints import load_state_dict, open_checkpoint, save_state_dict
 from prunecli.errors import CheckpointError
-from prunecli.safetensors_io import SafetensorsWriter, write_arrays
+from prunecli.io.checkpoints import load_state_dict, open_checkpoint, save_state_dict
+from prunecli.io.safetensors_file import SafetensorsWriter, write_arrays
 
 DTYPES = [
     torch.bfloat16,
@@ -153,7 +153,7 @@ def test_scalar_tensors_keep_their_shape(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "I32"])
 def test_zero_count_in_blocks_counts_both_zeros(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
     """Blocks of 7 entries: ±0.0 are zeros wherever a block boundary falls; ints count plain 0."""
-    from prunecli import dtypes
+    from prunecli.io import dtypes
 
     monkeypatch.setattr(dtypes, "ZERO_BLOCK", 7)
     raw = np.zeros(50, dtype=dtypes.raw_dtype(dtype))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/dat
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from prunecli.initialize import init_checkpoint
+    from prunecli.models.initialize import init_checkpoint
 
     path = tmp_path_factory.mktemp("init") / "lenet.safetensors"
     init_checkpoint("lenet-300-100", path, seed=0)
@@ -202,7 +202,7 @@ def test_nan_weight_is_named(cli, tmp_path: Path) -> None:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
-    from prunecli.initialize import init_checkpoint
+    from prunecli.models.initialize import init_checkpoint
 
     init_checkpoint("lenet-300-100", tmp_path / "i.safetensors", seed=0)
     tensors = load_file(tmp_path / "i.safetensors")

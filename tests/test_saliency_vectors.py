@@ -94,7 +94,7 @@ def test_snip_unsupervised_losses() -> None:
 
 
 def test_losses_values() -> None:
-    from prunecli.scoring.losses import compute_loss
+    from prunecli.calibration.losses import compute_loss
 
     logits = n0()(X)
     assert compute_loss("ce", logits, Y).item() == pytest.approx(3.079839, abs=5e-7)

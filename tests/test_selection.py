@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prunecli.errors import ScoreError, UsageError
-from prunecli.selection import (
+from prunecli.selection.threshold import (
     KEEP_ALL,
     KEEP_NONE,
     find_threshold,
@@ -110,7 +110,7 @@ def test_shuffle_keeps_count_and_moves_entries() -> None:
 
 
 def test_magnitude_fast_keys_equal_the_general_path() -> None:
-    from prunecli.dtypes import to_float32
+    from prunecli.io.dtypes import to_float32
     from prunecli.scoring.magnitude import magnitude_keys, magnitude_scores
 
     values = np.random.default_rng(4).standard_normal(10_000).astype(np.float32)
@@ -128,7 +128,7 @@ def test_magnitude_fast_keys_equal_the_general_path() -> None:
 
 @pytest.mark.parametrize("k", [1, 1000, 1_500_000, 2_999_999])
 def test_sampled_threshold_equals_radix_on_large_inputs(k: int) -> None:
-    from prunecli.selection import _radix_threshold, _threshold_from_sample
+    from prunecli.selection.threshold import _radix_threshold, _threshold_from_sample
 
     rng = np.random.default_rng(7)
     values = np.concatenate([rng.standard_normal(2_000_000), rng.integers(-3, 4, 1_000_000) / 2])
@@ -141,8 +141,8 @@ def test_sampled_threshold_equals_radix_on_large_inputs(k: int) -> None:
 
 
 def test_sample_bounds_that_miss_fall_back_to_radix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prunecli import selection
-    from prunecli.selection import _threshold_from_sample
+    from prunecli.selection import threshold as selection
+    from prunecli.selection.threshold import _threshold_from_sample
 
     monkeypatch.setattr(selection, "SAMPLE_LIMIT", 512)  # stride 4096 over 2^21 keys
     keys = np.arange(1 << 21, dtype=np.uint32) + np.uint32(0x80000000)

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunecli.errors import InputError, UsageError
-from prunecli.signal import (
+from prunecli.analysis.signal import (
     approximate_isometry,
     isometry_gradient,
     isometry_penalty,
@@ -21,6 +20,7 @@ from prunecli.signal import (
     path_check,
     signal_report,
 )
+from prunecli.errors import InputError, UsageError
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "train.npz"
 

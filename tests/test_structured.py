@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from prunecli.selection import row_mask, scores_to_keys
-from prunecli.structured import expand, group_scores, select_groups
+from prunecli.selection.structured import expand, group_scores, select_groups
+from prunecli.selection.threshold import row_mask, scores_to_keys
 from tests.conftest import save_f32
 from tests.test_vectors import W1, W2, WANDA_W, WANDA_X
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunecli.scoring.topk import topk_masks
-from prunecli.selection import global_masks, scores_to_keys
+from prunecli.selection.threshold import global_masks, scores_to_keys
 
 
 def numpy_masks(parts: list[np.ndarray], k: int) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prunecli.scoring import get_method
-from prunecli.selection import (
+from prunecli.selection.threshold import (
     erk_densities,
     global_masks,
     nm_mask,

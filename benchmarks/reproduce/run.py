@@ -1,7 +1,7 @@
 """Reproduce the pruning-at-initialisation findings on real MNIST with prunecli's own code paths.
 
 For LeNet-300-100 and LeNet-5, each method, sparsity and seed: initialise (prunecli init) →
-score (prunecli.saliency, the code behind `prunecli score`) → apply (the code behind
+score (prunecli.pipelines.score, the code behind `prunecli score`) → apply (the code behind
 `prunecli apply`) → train with masks held fixed (prunecli.attach_masks; Adam, the same
 short schedule for every run) → test accuracy on the official 10,000 test digits.
 Sanity checks of Frankle et al. 2021: layerwise-shuffled masks and inverted scores.
@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunecli.checkpoints import load_state_dict
+from prunecli.analysis.inspect import summarize
 from prunecli.cli.apply_cmd import run_apply, selection_spec
-from prunecli.initialize import init_checkpoint
-from prunecli.inspection import summarize
-from prunecli.masking import attach_masks
+from prunecli.io.checkpoints import load_state_dict
+from prunecli.io.scores_file import compute_scores, write_scores
 from prunecli.models import resolve_model
-from prunecli.saliency import ScoreRequest, resolve_device, run_method
-from prunecli.scores_file import compute_scores, write_scores
+from prunecli.models.initialize import init_checkpoint
+from prunecli.pipelines.score import ScoreRequest, resolve_device, run_method
 from prunecli.scoring import get_method
+from prunecli.training.masks import attach_masks
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = Path(os.environ.get("PRUNECLI_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
@@ -81,8 +81,8 @@ def score(run: Run, init: Path, calib: Path, out: Path, device: str) -> None:
     """Scores through the same library calls as `prunecli score`; 100 examples a batch."""
     method = get_method(run.method)
     if not method.needs_model:
-        from prunecli.checkpoints import open_checkpoint
-        from prunecli.prunable import prunable_names
+        from prunecli.io.checkpoints import open_checkpoint
+        from prunecli.selection.prunable import prunable_names
 
         with open_checkpoint(init) as ckpt:
             compute_scores(ckpt, prunable_names(ckpt.tensors), method, out, seed=run.seed, force=True)

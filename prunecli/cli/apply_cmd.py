@@ -12,7 +12,8 @@ from prunecli.cli.output import RichProgress, emit_json, note, warn
 from prunecli.errors import UsageError
 
 if TYPE_CHECKING:
-    from prunecli.pruning import ApplyRequest, SelectionSpec
+    from prunecli.pipelines.apply import ApplyRequest
+    from prunecli.selection.spec import SelectionSpec
 
 
 def apply(
@@ -98,7 +99,7 @@ def selection_spec(
     aggregate: str = "l1",
 ) -> SelectionSpec:
     """Validate the selection options once, at the edge, into a SelectionSpec."""
-    from prunecli.pruning import SelectionSpec
+    from prunecli.selection.spec import SelectionSpec
 
     nm = opt.parse_pattern(pattern) if pattern else None
     target = opt.target_density(sparsity, density, required=nm is None)
@@ -139,11 +140,11 @@ def run_apply(
     inputs: list[Path] | None = None,
 ) -> None:
     """Open the inputs, run `apply_pruning`, and report; `scores_label` names temporary scores."""
-    from prunecli.checkpoints import open_checkpoint
-    from prunecli.prunable import is_excluded, prunable_names
-    from prunecli.pruning import ApplyRequest, apply_pruning
-    from prunecli.scores_file import open_scores
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.io.scores_file import open_scores
+    from prunecli.pipelines.apply import ApplyRequest, apply_pruning
     from prunecli.scoring import get_method
+    from prunecli.selection.prunable import is_excluded, prunable_names
 
     chosen = get_method(method) if method else None
     if chosen is not None and chosen.needs_model:

@@ -96,7 +96,7 @@ def compare(
 
       prunecli compare run1/masks.safetensors run2/manifest.json
     """
-    from prunecli.compare import compare as compare_sets
+    from prunecli.analysis.compare import compare as compare_sets
 
     report = compare_sets(a, b, random_baseline)
     for line in report.pop("notes"):

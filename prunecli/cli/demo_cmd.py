@@ -46,11 +46,11 @@ def demo(
 
 
 def _run(folder: Path, seed: int, epochs: int, quiet: bool) -> dict[str, Any]:
+    from prunecli.analysis.inspect import summarize
     from prunecli.cli.apply_cmd import run_apply, selection_spec
     from prunecli.cli.score_cmd import compute, score_options
-    from prunecli.demo import DEMO_ARCH, DEMO_METHODS, DEMO_SPARSITY, demo_data_path, train_and_test
-    from prunecli.initialize import init_checkpoint
-    from prunecli.inspection import summarize
+    from prunecli.models.initialize import init_checkpoint
+    from prunecli.pipelines.demo import DEMO_ARCH, DEMO_METHODS, DEMO_SPARSITY, demo_data_path, train_and_test
     from prunecli.scoring import get_method
 
     init = folder / f"{DEMO_ARCH}.safetensors"

@@ -14,7 +14,7 @@ from prunecli.cli.output import emit_json, note, stderr_console
 from prunecli.errors import CheckFailed
 
 if TYPE_CHECKING:
-    from prunecli.export import ExportReport
+    from prunecli.export.to_onnx import ExportReport
 
 
 def export(
@@ -75,8 +75,8 @@ def export(
 
       prunecli export model.safetensors --arch resnet20 --input-shape 3x32x32 --json -o r20.onnx
     """
-    from prunecli.data import parse_shape
-    from prunecli.export import ExportRequest, export_onnx
+    from prunecli.calibration.data import parse_shape
+    from prunecli.export.to_onnx import ExportRequest, export_onnx
     from prunecli.models import parse_arch_args
 
     request = ExportRequest(

@@ -41,9 +41,9 @@ def init(
 
       prunecli init --arch vgg19 --arch-args '{"num_classes": 100}' -o vgg19-c100.safetensors
     """
-    from prunecli.initialize import init_checkpoint
+    from prunecli.io.outputs import guard_output_file, require_suffix
     from prunecli.models import parse_arch_args
-    from prunecli.outputs import guard_output_file, require_suffix
+    from prunecli.models.initialize import init_checkpoint
 
     require_suffix(output, ".safetensors", "initial weights")
     guard_output_file(output, force)

@@ -138,7 +138,7 @@ def inspect(
 
       prunecli inspect out/ --signal --arch lenet-300-100 --data mnist.npz
     """
-    from prunecli.inspection import Expectations, SignalRequest, check, signal_summary, summarize
+    from prunecli.analysis.inspect import Expectations, SignalRequest, check, signal_summary, summarize
 
     expect = Expectations(expect_sparsity, tolerance, fail_on_collapse)
     expect.validate()

@@ -63,8 +63,8 @@ def prune(
 
       prunecli prune init.safetensors -m synflow --arch resnet20 --sparsity 0.98 -o out/
     """
-    from prunecli.checkpoints import checkpoint_files
-    from prunecli.outputs import check_output_folder, create_temp_dir, existing_inputs
+    from prunecli.io.checkpoints import checkpoint_files
+    from prunecli.io.outputs import check_output_folder, create_temp_dir, existing_inputs
     from prunecli.scoring import get_method
 
     chosen = get_method(method)

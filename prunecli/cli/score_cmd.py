@@ -11,7 +11,7 @@ from prunecli.cli import options as opt
 from prunecli.cli.output import RichProgress, note
 
 if TYPE_CHECKING:
-    from prunecli.saliency import ScoredModel
+    from prunecli.pipelines.score import ScoredModel
 
 
 def score(
@@ -93,11 +93,11 @@ def score_options(**given: object) -> dict[str, object]:
 def compute(checkpoint: Path, method: object, output: Path, options: dict, force: bool, progress: object,
             quiet: bool) -> int:  # fmt: skip
     """Score with a data-free per-tensor method or a model-based one; returns the tensor count."""
-    from prunecli.checkpoints import checkpoint_files, open_checkpoint
     from prunecli.errors import UsageError
-    from prunecli.outputs import existing_inputs, guard_output_file, require_suffix
-    from prunecli.prunable import prunable_names
-    from prunecli.scores_file import compute_scores, write_scores
+    from prunecli.io.checkpoints import checkpoint_files, open_checkpoint
+    from prunecli.io.outputs import existing_inputs, guard_output_file, require_suffix
+    from prunecli.io.scores_file import compute_scores, write_scores
+    from prunecli.selection.prunable import prunable_names
 
     require_suffix(output, ".safetensors", "scores file")
     inputs = checkpoint_files(checkpoint) + existing_inputs(options["arch"], options["data"])
@@ -124,10 +124,10 @@ def compute(checkpoint: Path, method: object, output: Path, options: dict, force
 
 def run_model_method(checkpoint: Path, method: object, options: dict, progress: object) -> ScoredModel:
     """Build the ScoreRequest from CLI options (validated here, once) and run it."""
-    from prunecli.data import parse_shape
+    from prunecli.calibration.data import parse_shape
     from prunecli.errors import UsageError
     from prunecli.models import parse_arch_args
-    from prunecli.saliency import ScoreRequest, run_method
+    from prunecli.pipelines.score import ScoreRequest, run_method
 
     if options["arch"] is None:
         raise UsageError(f"{method.name} needs a model", "add --arch (e.g. --arch lenet-300-100)")

@@ -42,8 +42,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from prunecli.checkpoints import require_file
 from prunecli.errors import CheckpointError, InputError
+from prunecli.io.checkpoints import require_file
 
 _ARCHIVE_MARKERS = ("archive_format", "serialized_exported_program.json")  # current and pre-2.8 layouts
 _REEXPORT_HINT = (

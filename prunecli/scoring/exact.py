@@ -22,7 +22,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 DEFAULT_MAX_PARAMS = 1_000_000
 CPU_CHUNK = 64
@@ -214,7 +214,7 @@ def method_option(ctx: ScoringContext, key: str, default: Any) -> Any:
     bn_mode="eval",
 )
 def exact_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     return ScoreResult(
         exact_scores(

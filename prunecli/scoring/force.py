@@ -18,7 +18,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 
 def iterative_snip_scores(
@@ -36,8 +36,8 @@ def iterative_snip_scores(
     """(last step's scores, final masks); `revive=True` is FORCE, False is Iter-SNIP."""
     import torch
 
+    from prunecli.calibration.context import schedule_densities
     from prunecli.progress import NoProgress
-    from prunecli.scoring.context import schedule_densities
     from prunecli.scoring.functional import keep_top, leaf_weights, mean_gradient, step_counts
 
     progress = progress or NoProgress()
@@ -56,7 +56,7 @@ def iterative_snip_scores(
 
 
 def _run(ctx: ScoringContext, revive: bool) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage(
         f"{'FORCE' if revive else 'Iter-SNIP'}: steps × batches", ctx.iterations * len(ctx.batches)

@@ -11,10 +11,10 @@ import math
 import torch
 from torch.func import functional_call
 
-from prunecli.scoring.context import Batch
-from prunecli.scoring.losses import compute_loss
+from prunecli.calibration.context import Batch
+from prunecli.calibration.losses import compute_loss
 from prunecli.scoring.topk import topk_masks
-from prunecli.selection import keep_count
+from prunecli.selection.threshold import keep_count
 
 
 def leaf_weights(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 
 def grasp_scores(
@@ -63,7 +63,7 @@ def grasp_scores(
     bn_mode="train",
 )
 def grasp_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("GraSP: Hessian-gradient products", 2 * len(ctx.batches))
     return ScoreResult(

@@ -26,7 +26,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 HESSIANS = ("exact", "hutchinson", "fisher")
 DEFAULT_SAMPLES = 100
@@ -222,7 +222,7 @@ def _too_many(total: int, max_params: int) -> Exception:
     bn_mode="eval",
 )
 def obd_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
     from prunecli.scoring.exact import method_option
     from prunecli.scoring.taylor import fisher_chunks
 

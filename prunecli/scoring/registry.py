@@ -15,13 +15,13 @@ import numpy as np
 from prunecli.errors import UsageError
 
 if TYPE_CHECKING:
-    from prunecli.scoring.context import ScoreResult, ScoringContext
+    from prunecli.calibration.context import ScoreResult, ScoringContext
 
 # A per-tensor scorer: (name, float32 weights, seed, out) -> float32 scores of the same shape.
 # `out` is an optional reusable float32 buffer of the right size that the scorer may fill.
 TensorScorer = Callable[[str, np.ndarray, int, np.ndarray | None], np.ndarray]
 # A fast path from raw weights straight to selection keys: (raw, dtype name, out) -> keys, or
-# None where it does not apply (then the scores go through prunecli.selection.scores_to_keys).
+# None where it does not apply (then the scores go through prunecli.selection.threshold.scores_to_keys).
 # It must be elementwise (each key depends on its own weight alone): apply runs it on blocks
 # and on strided samples of a tensor.
 KeyFunction = Callable[[np.ndarray, str, np.ndarray], "np.ndarray | None"]

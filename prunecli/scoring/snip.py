@@ -16,7 +16,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 
 def snip_scores(
@@ -44,7 +44,7 @@ def snip_scores(
     bn_mode="eval",
 )
 def snip_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("SNIP: gradients", len(ctx.batches))
     return ScoreResult(snip_scores(ctx.model, ctx.names, ctx.batches, ctx.loss, ctx.progress))

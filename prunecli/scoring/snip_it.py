@@ -22,7 +22,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 DEFAULT_STEPS = 5
 
@@ -129,7 +129,7 @@ def loss_and_gradient(
     iterative=True,
 )
 def snip_it_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     steps = ctx.iterations
     ctx.progress.stage(

@@ -16,7 +16,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import ScoreResult, ScoringContext
+    from prunecli.calibration.context import ScoreResult, ScoringContext
 
 
 def synflow_scores(
@@ -34,8 +34,8 @@ def synflow_scores(
     import torch
     from torch.func import functional_call
 
+    from prunecli.calibration.context import schedule_densities
     from prunecli.progress import NoProgress
-    from prunecli.scoring.context import schedule_densities
     from prunecli.scoring.functional import keep_top, leaf_weights, step_counts
 
     progress = progress or NoProgress()
@@ -76,7 +76,7 @@ def synflow_scores(
     float64=True,
 )
 def synflow_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("SynFlow: iterations", ctx.iterations)
     scores, masks = synflow_scores(

@@ -21,7 +21,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 
 def taylor_scores(
@@ -71,9 +71,9 @@ def empirical_fisher(
     import torch
     from torch.func import functional_call, grad, vmap
 
+    from prunecli.calibration.losses import compute_loss
     from prunecli.progress import NoProgress
     from prunecli.scoring.exact import vmappable
-    from prunecli.scoring.losses import compute_loss
 
     progress = progress or NoProgress()
     _refuse_train_mode_batch_norm(model)
@@ -131,7 +131,7 @@ def _refuse_train_mode_batch_norm(model: torch.nn.Module) -> None:
     bn_mode="eval",
 )
 def taylor_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
     from prunecli.scoring.exact import method_option
 
     fisher = bool(method_option(ctx, "fisher", False))

@@ -2,7 +2,7 @@
 
 The per-step selection of iterative methods (SynFlow, FORCE, Iter-SNIP) runs here, on the
 scores' own device, so no step pays for a full sort or a trip to the CPU. The rule is the
-one `apply` uses (prunecli.selection): keep exactly k, prune in ascending (score, flat
+one `apply` uses (prunecli.selection.threshold): keep exactly k, prune in ascending (score, flat
 index) order. float32 scores select on 32-bit keys, float64 on 64-bit keys, so float64
 scores are ranked at full precision.
 """

@@ -22,7 +22,7 @@ from prunecli.scoring.registry import register_model_method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.scoring.context import Batch, ScoreResult, ScoringContext
+    from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 
 def wanda_scores(
@@ -38,8 +38,8 @@ def wanda_scores(
     """
     import torch
 
+    from prunecli.calibration.context import LazyScores
     from prunecli.progress import NoProgress
-    from prunecli.scoring.context import LazyScores
 
     progress = progress or NoProgress()
     modules = _layers(model, names)
@@ -146,7 +146,7 @@ def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Modu
     bn_mode="eval",
 )
 def wanda_method(ctx: ScoringContext) -> ScoreResult:
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("Wanda: input statistics", len(ctx.batches))
     return ScoreResult(wanda_scores(ctx.model, ctx.names, ctx.batches, ctx.progress))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from prunecli.errors import UsageError
-from prunecli.selection import global_masks, keep_count, scores_to_keys, topk_mask
+from prunecli.selection.threshold import global_masks, keep_count, scores_to_keys, topk_mask
 
 STRUCTURES = ("filter", "channel")
 AGGREGATES = ("l1", "l2", "mean", "max")

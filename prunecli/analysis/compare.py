@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from prunecli.checkpoints import open_checkpoint
 from prunecli.errors import InputError
-from prunecli.manifest import read_manifest
-from prunecli.masking import MANIFEST_FILE, read_masks
+from prunecli.io.checkpoints import open_checkpoint
+from prunecli.io.manifest import read_manifest
+from prunecli.training.masks import MANIFEST_FILE, read_masks
 
 _SOURCE_HINT = "pass an apply output folder, its manifest.json, or its masks.safetensors"
 _SAME_MODEL = "compare masks made for the same model: both sides must prune checkpoints of one architecture"

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from prunecli.checkpoints import open_checkpoint, require_file
-from prunecli.dtypes import zero_count
 from prunecli.errors import InputError, ManifestError, UsageError
-from prunecli.manifest import read_manifest
-from prunecli.prunable import prunable_names
-from prunecli.pruning import MANIFEST_FILE
-from prunecli.safetensors_io import SafetensorsReader, read_header
+from prunecli.io.checkpoints import open_checkpoint, require_file
+from prunecli.io.dtypes import zero_count
+from prunecli.io.manifest import MANIFEST_FILE, read_manifest
+from prunecli.io.safetensors_file import SafetensorsReader, read_header
+from prunecli.selection.prunable import prunable_names
 
 REDO = "re-run apply; the folder was edited or mixed from two runs"
 MASK_BLOCK = 1 << 20  # bytes of a mask counted at a time: big masks never sit whole in memory
@@ -320,10 +319,10 @@ def signal_summary(path: Path, request: SignalRequest) -> dict[str, Any]:
     """
     import torch
 
-    from prunecli.checkpoints import load_state_dict
-    from prunecli.data import load_calibration, parse_shape
+    from prunecli.analysis.signal import signal_report
+    from prunecli.calibration.data import load_calibration, parse_shape
+    from prunecli.io.checkpoints import load_state_dict
     from prunecli.models import default_input_shape, load_weights, parse_arch_args, resolve_model
-    from prunecli.signal import signal_report
 
     folder = path if path.is_dir() else path.parent if path.suffix == ".json" else None
     weights = folder / "model.safetensors" if folder else path

@@ -43,7 +43,7 @@ import numpy as np
 
 from prunecli import __version__
 from prunecli.errors import InputError, PruneError, ScoreError, UsageError
-from prunecli.onnx_sparse import (
+from prunecli.export.sparse import (
     TensorRecord,
     check_model,
     fit_ir_version,
@@ -70,7 +70,7 @@ class ExportRequest:
 
     `source` is an `apply` output folder (its `model.safetensors` and `manifest.json`), a
     `manifest.json`, or any checkpoint. The input shape is one example's shape without the batch
-    dimension: `input_shape`, else the shape of `data` (`prunecli.data.load_calibration` source),
+    dimension: `input_shape`, else the shape of `data` (`prunecli.calibration.data.load_calibration` source),
     else the architecture's default. `atol`/`rtol` default to 1e-4/1e-3 (float32), 1e-2/1e-2 (float16).
     """
 
@@ -177,7 +177,7 @@ def export_onnx(request: ExportRequest) -> ExportReport:
         >>> round(report.ratio, 2), report.verification.passed  # VGG-16 pruned to 90% by magnitude
         (3.41, True)
     """
-    from prunecli.outputs import existing_inputs, output_lock
+    from prunecli.io.outputs import existing_inputs, output_lock
 
     start = time.perf_counter()
     request.validate()
@@ -232,9 +232,8 @@ def _export(request: ExportRequest, onnx: Any, ort: Any, start: float) -> Export
 
 def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
     """The weights file and the manifest (None for a plain checkpoint) that `path` names."""
-    from prunecli.checkpoints import require_file
-    from prunecli.manifest import read_manifest
-    from prunecli.pruning import MANIFEST_FILE
+    from prunecli.io.checkpoints import require_file
+    from prunecli.io.manifest import MANIFEST_FILE, read_manifest
 
     if path.is_dir() or path.name == MANIFEST_FILE:
         manifest_path = path / MANIFEST_FILE if path.is_dir() else path
@@ -252,7 +251,7 @@ def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
 
 
 def _check_output(output: Path, force: bool, inputs: list[Path]) -> None:
-    from prunecli.outputs import guard_output_file
+    from prunecli.io.outputs import guard_output_file
 
     if output.is_dir():  # before guard_output_file, which would call it an existing output
         raise InputError(f"output {output} is a directory", f"name a file, e.g. {output / 'model.onnx'}")
@@ -265,7 +264,7 @@ def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module,
     """The model in eval mode with the weights loaded, in the asked dtype; the weights' sha256; notes."""
     import torch
 
-    from prunecli.checkpoints import open_checkpoint, raw_to_torch
+    from prunecli.io.checkpoints import open_checkpoint, raw_to_torch
     from prunecli.models import load_weights, resolve_model
 
     model = resolve_model(request.arch, request.arch_args)
@@ -298,7 +297,7 @@ def _refuse_non_finite(tensors: Mapping[str, torch.Tensor]) -> None:
 
 
 def _input_shape(request: ExportRequest) -> tuple[int, ...]:
-    from prunecli.data import load_calibration
+    from prunecli.calibration.data import load_calibration
     from prunecli.models import default_input_shape
 
     if request.input_shape is not None:
@@ -453,7 +452,7 @@ def _verify(
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: never a partial file."""
-    from prunecli.outputs import create_temp_file, write_error
+    from prunecli.io.outputs import create_temp_file, write_error
 
     fd, tmp = create_temp_file(path)
     try:

@@ -2,7 +2,7 @@
 
 After masking, each pruned weight (viewed as (out, −1)) is moved by plain SGD towards
 ‖(C⊙W)(C⊙W)ᵀ − I‖_F = 0 with pruned entries held at zero (Lee et al. 2020; see
-`prunecli.signal.approximate_isometry`). Layers do not interact, so it runs tensor by
+`prunecli.analysis.signal.approximate_isometry`). Layers do not interact, so it runs tensor by
 tensor inside apply's streaming pass. Imports torch only when used.
 """
 
@@ -29,8 +29,8 @@ def isometry_refiner(steps: int, lr: float) -> tuple[Refiner, dict[str, Any]]:
     def refine(name: str, raw: np.ndarray, mask: np.ndarray, dtype: str) -> np.ndarray:
         import torch
 
-        from prunecli.checkpoints import raw_to_torch, torch_to_raw
-        from prunecli.signal import approximate_isometry
+        from prunecli.analysis.signal import approximate_isometry
+        from prunecli.io.checkpoints import raw_to_torch, torch_to_raw
 
         weight = raw_to_torch(raw, dtype)
         new, layer = approximate_isometry({name: weight}, {name: torch.from_numpy(mask.copy())}, steps, lr)

@@ -20,7 +20,7 @@ from functools import partial
 import numpy as np
 
 from prunecli.errors import ScoreError, UsageError
-from prunecli.ordered import INLINE, Workers
+from prunecli.selection.workers import INLINE, Workers
 
 CHUNK = 1 << 18  # elements per chunk: small enough that a chunk's temporaries stay in cache
 _BINS = 1 << 16

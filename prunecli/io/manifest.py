@@ -14,6 +14,9 @@ from typing import Any
 from prunecli.errors import ManifestError
 
 FORMAT = "prunecli.manifest"
+MODEL_FILE = "model.safetensors"
+MASKS_FILE = "masks.safetensors"
+MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 
 _TENSOR = {
@@ -172,7 +175,7 @@ def dumps(manifest: dict[str, Any]) -> str:
 
 def write_manifest(manifest: dict[str, Any], path: Path) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
-    from prunecli.outputs import create_temp_file, write_error
+    from prunecli.io.outputs import create_temp_file, write_error
 
     text = dumps(manifest).encode("utf-8")
     fd, tmp = create_temp_file(path)

@@ -25,10 +25,10 @@ def init_checkpoint(
         >>> init_checkpoint("lenet-300-100", Path("init.safetensors"), seed=0)
         266610
     """
-    from prunecli.checkpoints import save_state_dict
+    from prunecli.io.checkpoints import save_state_dict
+    from prunecli.io.outputs import require_suffix
     from prunecli.models import default_input_shape, resolve_model
     from prunecli.models.init import initialize
-    from prunecli.outputs import require_suffix
 
     require_suffix(out, ".safetensors", "initial weights")
     if arch.endswith(".pt2"):

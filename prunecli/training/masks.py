@@ -31,16 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from prunecli.checkpoints import Checkpoint, open_checkpoint
 from prunecli.errors import InputError, ManifestError
-from prunecli.manifest import read_manifest
+from prunecli.io.checkpoints import Checkpoint, open_checkpoint
+from prunecli.io.manifest import MANIFEST_FILE, read_manifest
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
     from torch.utils.hooks import RemovableHandle
 
-MANIFEST_FILE = "manifest.json"
 MASK_PREFIX = "prunecli_mask_"  # buffer name prefix on the owning module
 _STATE = "_prunecli_masking"  # attribute holding a _MaskState on each owning module
 _REGENERATE = "the masks and the manifest must come from the same prunecli apply run; rerun it"

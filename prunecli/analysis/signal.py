@@ -34,7 +34,7 @@ _SAME_MODEL = "the masks were made for another model or configuration; prune thi
 
 def _masks_for(model: nn.Module, masks: str | Path | Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
     """Bool masks keyed by parameter name, checked against the model's parameters."""
-    from prunecli.masking import load_masks
+    from prunecli.training.masks import load_masks
 
     if masks is None:
         return {}
@@ -83,7 +83,7 @@ def jacobian_singular_value_array(
     Args:
         model: the network; its output for a batch must be one tensor (B, K).
         inputs: examples (B, *example_shape), or (inputs, labels) batches.
-        masks: anything `prunecli.masking.load_masks` takes (an `apply` output folder, its
+        masks: anything `prunecli.training.masks.load_masks` takes (an `apply` output folder, its
             manifest, or name → bool/0-1 mask), or None for the network as it is.
         chunk_size: examples whose Jacobians are computed together (memory: chunk_size × K × D).
 
@@ -178,7 +178,7 @@ def path_check(
     Args:
         model: the network.
         names: the masked parameters; None for every name in `masks`.
-        masks: anything `prunecli.masking.load_masks` takes, or None for the unmasked network
+        masks: anything `prunecli.training.masks.load_masks` takes, or None for the unmasked network
             (`names` is then ignored).
         input_shape: one example's shape, without the batch dimension, e.g. (1, 28, 28).
 
@@ -314,8 +314,8 @@ def approximate_isometry(
         >>> new, report = approximate_isometry({"fc1.weight": w1, "fc2.weight": w2}, masks, 10000)
         >>> report["penalty_before"], report["penalty_after"]
     """
-    from prunecli.masking import load_masks
     from prunecli.progress import NoProgress
+    from prunecli.training.masks import load_masks
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UsageError(f"isometry steps must be a whole number >= 0, not {steps!r}", "e.g. 10000")

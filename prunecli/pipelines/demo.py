@@ -35,10 +35,10 @@ def train_and_test(folder: Path, epochs: int, seed: int) -> float:
     """Train the pruned model with masks attached (Adam, batch 64); return test accuracy."""
     import torch
 
-    from prunecli.checkpoints import load_state_dict
-    from prunecli.data import load_calibration
-    from prunecli.masking import attach_masks
+    from prunecli.calibration.data import load_calibration
+    from prunecli.io.checkpoints import load_state_dict
     from prunecli.models import resolve_model
+    from prunecli.training.masks import attach_masks
 
     torch.manual_seed(seed)
     model = resolve_model(DEMO_ARCH)

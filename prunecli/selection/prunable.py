@@ -10,9 +10,9 @@ import re
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
-from prunecli.dtypes import is_float
 from prunecli.errors import UsageError
-from prunecli.safetensors_io import TensorInfo
+from prunecli.io.dtypes import is_float
+from prunecli.io.safetensors_file import TensorInfo
 
 SCORABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # fp8 tensors are left alone by default
 _EXCLUDED_NAME = re.compile(r"(^|[._])(embed\w*|wte|wpe|\w*norm\w*|bn\d*|ln\w*)([._]|$)", re.I)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from prunecli.checkpoints import load_torch_file, require_file, sha256_of_files
-from prunecli.dtypes import to_float32
 from prunecli.errors import CheckpointError, InputError, UsageError
-from prunecli.safetensors_io import SafetensorsReader
+from prunecli.io.checkpoints import load_torch_file, require_file, sha256_of_files
+from prunecli.io.dtypes import to_float32
+from prunecli.io.safetensors_file import SafetensorsReader
 
 if TYPE_CHECKING:
     import torch

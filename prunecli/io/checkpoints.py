@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from prunecli.errors import CheckpointError, InputError
-from prunecli.outputs import output_file
-from prunecli.safetensors_io import (
+from prunecli.io.outputs import output_file
+from prunecli.io.safetensors_file import (
     MAX_HEADER_BYTES,
     SafetensorsReader,
     TensorInfo,

@@ -22,9 +22,9 @@ from prunecli.scoring.registry import Method
 if TYPE_CHECKING:
     import torch
 
-    from prunecli.checkpoints import Checkpoint
-    from prunecli.data import Calibration
-    from prunecli.scoring.context import ScoreResult
+    from prunecli.calibration.context import ScoreResult
+    from prunecli.calibration.data import Calibration
+    from prunecli.io.checkpoints import Checkpoint
 
 DEFAULT_ITERATIONS = {"synflow": 100, "force": 10, "iter-snip": 10, "snip-it": 5}
 # options that change a method's result, with their defaults: recorded in the scores' params
@@ -132,9 +132,9 @@ def _load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str
     """
     import torch
 
-    from prunecli.checkpoints import open_checkpoint, torch_dtype
+    from prunecli.io.checkpoints import open_checkpoint, torch_dtype
     from prunecli.models import check_weights, resolve_model
-    from prunecli.prunable import prunable_names
+    from prunecli.selection.prunable import prunable_names
 
     model = resolve_model(req.arch, req.arch_args)
     with open_checkpoint(req.checkpoint) as ckpt:
@@ -165,7 +165,7 @@ def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) ->
     (no intermediate copy), else through a temporary cast by `copy_`."""
     import torch
 
-    from prunecli.checkpoints import raw_to_torch, torch_dtype
+    from prunecli.io.checkpoints import raw_to_torch, torch_dtype
 
     if target.device.type == "cpu" and target.is_contiguous() and target.dtype == torch_dtype(dtype):
         ckpt.read(name, target.view(-1).view(torch.uint8).numpy())  # fills target's bytes
@@ -174,7 +174,7 @@ def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) ->
 
 
 def _calibration(req: ScoreRequest, model: torch.nn.Module) -> Calibration | None:
-    from prunecli.data import load_calibration
+    from prunecli.calibration.data import load_calibration
 
     if req.data is None:
         return None
@@ -224,10 +224,10 @@ def run_method(req: ScoreRequest, progress: object = None) -> ScoredModel:
     """Score with a model-based method; the scores stream out of `ScoredModel.scores`."""
     import torch
 
-    from prunecli.data import check_labels
+    from prunecli.calibration.context import ScoringContext
+    from prunecli.calibration.data import check_labels
+    from prunecli.calibration.losses import check_loss, default_loss
     from prunecli.progress import NoProgress
-    from prunecli.scoring.context import ScoringContext
-    from prunecli.scoring.losses import check_loss, default_loss
 
     _validate(req)
     device = resolve_device(req.device)
@@ -279,7 +279,7 @@ def run_method(req: ScoreRequest, progress: object = None) -> ScoredModel:
 
 def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibration | None) -> dict[str, str]:
     """String metadata of a scores file: method, options, provenance of model and data."""
-    from prunecli.checkpoints import sha256_of_files
+    from prunecli.io.checkpoints import sha256_of_files
 
     metadata = {
         "format": "prunecli.scores",

@@ -1,6 +1,6 @@
 """ONNX-level helpers of `export`: sparse initializers, the runtime's IR limit, imports.
 
-Kept apart from `prunecli.export` (which drives torch's exporter and onnxruntime) because these
+Kept apart from `prunecli.export.to_onnx` (which drives torch's exporter and onnxruntime) because these
 work on an `onnx.ModelProto` alone. onnx and onnxruntime are imported inside functions only.
 """
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from prunecli import __version__
-from prunecli.checkpoints import Checkpoint, open_checkpoint
-from prunecli.dtypes import finite_weights
 from prunecli.errors import InputError, ScoreError
-from prunecli.outputs import output_file
-from prunecli.safetensors_io import SafetensorsWriter
+from prunecli.io.checkpoints import Checkpoint, open_checkpoint
+from prunecli.io.dtypes import finite_weights
+from prunecli.io.outputs import output_file
+from prunecli.io.safetensors_file import SafetensorsWriter
 from prunecli.scoring.registry import Method
 
 SCORES_FORMAT = "prunecli.scores"

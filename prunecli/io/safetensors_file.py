@@ -20,9 +20,9 @@ from types import TracebackType
 
 import numpy as np
 
-from prunecli.dtypes import RAW_DTYPES, itemsize, raw_dtype
 from prunecli.errors import CheckpointError
-from prunecli.outputs import create_temp_file, write_error
+from prunecli.io.dtypes import RAW_DTYPES, itemsize, raw_dtype
+from prunecli.io.outputs import create_temp_file, write_error
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 STAGE_BYTES = 1 << 20  # large arrays are written through a reused buffer of this size

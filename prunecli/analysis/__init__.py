@@ -1,0 +1,1 @@
+"""Reading outputs: inspect, compare, signal propagation."""

@@ -1,0 +1,1 @@
+"""The streaming pass of apply: selection keys, the mask plan, masked writing, isometry."""

@@ -1,0 +1,1 @@
+"""Calibration data, losses, and the context a model-based method runs in."""

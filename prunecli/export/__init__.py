@@ -1,0 +1,1 @@
+"""Sparse ONNX export and its onnxruntime verification."""

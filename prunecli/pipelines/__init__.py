@@ -1,0 +1,1 @@
+"""What the commands call: score, apply and the demo, each one call from Python."""

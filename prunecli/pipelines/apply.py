@@ -1,0 +1,150 @@
+"""`apply`: stream a checkpoint through scoring and selection into masked outputs.
+
+For global scope, pass 1 keys a strided sample of every tensor and pass 2 counts against
+the sample's bounds (selection.find_threshold). The last pass reads each tensor once and
+writes `model.safetensors` and `masks.safetensors` as it goes: worker threads mask segments
+of the tensor, a cache-sized block at a time, while the main thread writes the finished
+ones in order. Scores are recomputed per pass instead of held, and weights are read through
+memory-mapped views, so memory stays near the largest tensor whatever the model's size.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunecli import __version__
+from prunecli.apply.isometry import isometry_refiner
+from prunecli.apply.plan import KeySource, plan_masks
+from prunecli.apply.write import write_pruned
+from prunecli.errors import InputError
+from prunecli.io.checkpoints import Checkpoint
+from prunecli.io.manifest import FORMAT, MANIFEST_FILE, MASKS_FILE, MODEL_FILE, SCHEMA_VERSION, write_manifest
+from prunecli.io.outputs import output_folder
+from prunecli.progress import NoProgress, Progress
+from prunecli.scoring.registry import Method
+from prunecli.selection.spec import SelectionSpec
+from prunecli.selection.threshold import (
+    keep_count,
+)
+from prunecli.selection.workers import Workers, worker_count
+
+
+def _floor_warnings(spec: SelectionSpec, prunable: int, kept: int) -> list[dict[str, Any]]:
+    if spec.min_density <= 0 or kept <= keep_count(prunable, spec.density):
+        return []
+    message = f"--min-density {spec.min_density:g} raised the density to {kept / prunable:.6f}"
+    return [{"kind": "floors_raised_density", "tensor": None, "message": message}]
+
+
+def _collapse_warnings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": "collapsed_layer",
+            "tensor": r["name"],
+            "message": f"{r['name']} keeps no weights: the layer is collapsed",
+        }
+        for r in records
+        if r["pruned"] and r["kept"] == 0 and r["numel"] > 0
+    ]
+
+
+@dataclass
+class ApplyRequest:
+    """Everything `apply` needs, as the CLI or a Python caller gives it."""
+
+    checkpoint: Checkpoint
+    names: list[str]
+    spec: SelectionSpec
+    out: Path
+    method: Method | None = None
+    scores: Checkpoint | None = None
+    scores_path: Path | None = None
+    method_name: str = ""
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    force: bool = False
+    arch: str | None = None
+    data_fingerprint: str | None = None
+    isometry: tuple[int, float] | None = None  # (steps, lr) of --isometry-steps
+    inputs: list[Path] = field(default_factory=list)  # other input files the output must not replace
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Write `OUT/model.safetensors`, `OUT/masks.safetensors` and `OUT/manifest.json`.
+
+    Returns:
+        The manifest (also written). Nothing is left in `req.out` if anything fails.
+    """
+    progress = progress or NoProgress()
+    req.spec.validate()
+    if not req.names:
+        raise InputError("no tensor is prunable", "choose tensors with --include GLOB")
+    ckpt = req.checkpoint
+    with (
+        ThreadPoolExecutor(max_workers=2) as pool,  # hashing overlaps with selection
+        Workers(worker_count()) as workers,  # selection and masking, while the main thread writes
+    ):
+        source_hash = pool.submit(ckpt.sha256)
+        scores_hash = pool.submit(req.scores.sha256) if req.scores is not None else None
+        inputs = ckpt.files + (req.scores.files if req.scores is not None else []) + req.inputs
+        with output_folder(req.out, req.force, inputs) as folder:
+            source = KeySource(
+                ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
+            )
+            plan = plan_masks(source, req.names, req.spec, progress, workers)
+            refine, isometry = isometry_refiner(*req.isometry) if req.isometry else (None, None)
+            records = write_pruned(source, plan, req.names, folder, req.seed, progress, refine, workers)
+            source_sha = source_hash.result()
+            _warn_if_scored_elsewhere(req, source_sha)
+            manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result())
+            if isometry is not None:
+                manifest["isometry"] = isometry
+            write_manifest(manifest, folder / MANIFEST_FILE)
+    return manifest
+
+
+def _warn_if_scored_elsewhere(req: ApplyRequest, source_sha: str) -> None:
+    recorded = req.scores.metadata.get("source_sha256") if req.scores is not None else None
+    if recorded and recorded != source_sha:
+        req.warnings.append(
+            {
+                "kind": "scores_source_mismatch",
+                "tensor": None,
+                "message": f"the scores were computed on another checkpoint (sha256 {recorded[:12]})",
+            }
+        )
+
+
+def _manifest(
+    req: ApplyRequest, records: list[dict[str, Any]], source_sha: str, scores_sha: str | None
+) -> dict[str, Any]:
+    prunable = sum(r["numel"] for r in records if r["pruned"])
+    kept = sum(r["kept"] for r in records if r["pruned"])
+    scores = None if req.scores_path is None else {"path": str(req.scores_path), "sha256": scores_sha}
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "prunecli", "version": __version__},
+        "source": {"path": str(req.checkpoint.path), "sha256": source_sha, "arch": req.arch},
+        "method": {
+            "name": req.method_name,
+            "params": req.method_params,
+            "seed": req.seed,
+            "scores": scores,
+            "data_fingerprint": req.data_fingerprint,
+        },
+        "selection": req.spec.record(),
+        "totals": {
+            "params": sum(r["numel"] for r in records),
+            "prunable": prunable,
+            "kept": kept,
+            "sparsity": 1.0 - kept / prunable if prunable else 0.0,
+        },
+        "tensors": records,
+        "warnings": req.warnings + _floor_warnings(req.spec, prunable, kept) + _collapse_warnings(records),
+        "files": {"model": MODEL_FILE, "masks": MASKS_FILE},
+    }

@@ -1,0 +1,1 @@
+"""Training with masks: attach_masks keeps pruned weights at zero."""
