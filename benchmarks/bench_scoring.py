@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from prunecli.io.safetensors_file import TensorInfo
+from prunecli.io.safetensors_header import TensorInfo
 from prunecli.models import default_input_shape, resolve_model
 from prunecli.scoring.functional import leaf_weights
 from prunecli.scoring.grasp import grasp_scores

@@ -17,7 +17,7 @@ import pytest
 from prunecli.cli.app import run
 from prunecli.cli.inspect_cmd import finite_or_null
 from prunecli.errors import UsageError
-from prunecli.io.safetensors_file import read_header
+from prunecli.io.safetensors_header import read_header
 from prunecli.selection import workers as ordered
 from prunecli.selection.workers import worker_count
 from tests.conftest import save_f32

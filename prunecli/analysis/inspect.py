@@ -22,7 +22,8 @@ from prunecli.errors import InputError, ManifestError, UsageError
 from prunecli.io.checkpoints import open_checkpoint, require_file
 from prunecli.io.dtypes import zero_count
 from prunecli.io.manifest import MANIFEST_FILE, read_manifest
-from prunecli.io.safetensors_file import SafetensorsReader, read_header
+from prunecli.io.safetensors_file import SafetensorsReader
+from prunecli.io.safetensors_header import read_header
 from prunecli.selection.prunable import prunable_names
 
 REDO = "re-run apply; the folder was edited or mixed from two runs"

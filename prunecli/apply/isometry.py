@@ -30,7 +30,7 @@ def isometry_refiner(steps: int, lr: float) -> tuple[Refiner, dict[str, Any]]:
         import torch
 
         from prunecli.analysis.signal import approximate_isometry
-        from prunecli.io.checkpoints import raw_to_torch, torch_to_raw
+        from prunecli.io.torch_files import raw_to_torch, torch_to_raw
 
         weight = raw_to_torch(raw, dtype)
         new, layer = approximate_isometry({name: weight}, {name: torch.from_numpy(mask.copy())}, steps, lr)

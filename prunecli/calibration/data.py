@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from prunecli.errors import CheckpointError, InputError, UsageError
-from prunecli.io.checkpoints import load_torch_file, require_file, sha256_of_files
+from prunecli.io.checkpoints import require_file, sha256_of_files
 from prunecli.io.dtypes import to_float32
 from prunecli.io.safetensors_file import SafetensorsReader
+from prunecli.io.torch_files import load_torch_file
 
 if TYPE_CHECKING:
     import torch

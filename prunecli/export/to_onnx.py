@@ -42,16 +42,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prunecli import __version__
-from prunecli.errors import InputError, PruneError, ScoreError, UsageError
+from prunecli.errors import InputError, ScoreError, UsageError
 from prunecli.export.sparse import (
     TensorRecord,
     check_model,
     fit_ir_version,
     require_onnx,
     runtime_max_ir_version,
-    session_options,
     sparsify,
 )
+from prunecli.export.verify import Verification, verify
+from prunecli.io.outputs import write_bytes
 
 if TYPE_CHECKING:
     import onnx
@@ -111,22 +112,6 @@ class ExportRequest:
     def tolerances(self) -> tuple[float, float]:
         atol, rtol = TOLERANCES[self.dtype]
         return (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
-
-
-@dataclass(frozen=True)
-class Verification:
-    """onnxruntime against torch on one seeded batch: passed when |ort − torch| <= atol + rtol·|torch|."""
-
-    passed: bool
-    batch: int
-    max_abs_error: float | None  # None when an output is NaN on one side only
-    max_rel_error: float | None  # max |ort − torch| / |torch| over the nonzero torch outputs
-    mismatched: int  # values outside the tolerance
-    values: int
-    atol: float
-    rtol: float
-    runtime: str  # "onnxruntime X.Y.Z"
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -206,8 +191,8 @@ def _export(request: ExportRequest, onnx: Any, ort: Any, start: float) -> Export
     tensors = sparsify(proto, request.sparse_threshold)
     check_model(onnx, proto)
     data = proto.SerializeToString()
-    check = _verify(ort, data, x, reference, *request.tolerances()) if request.verify else None
-    _write_atomically(request.output, data)
+    check = verify(ort, data, x, reference, *request.tolerances()) if request.verify else None
+    write_bytes(request.output, data)
     return ExportReport(
         output=str(request.output),
         source=str(request.source),
@@ -264,7 +249,8 @@ def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module,
     """The model in eval mode with the weights loaded, in the asked dtype; the weights' sha256; notes."""
     import torch
 
-    from prunecli.io.checkpoints import open_checkpoint, raw_to_torch
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.io.torch_files import raw_to_torch
     from prunecli.models import load_weights, resolve_model
 
     model = resolve_model(request.arch, request.arch_args)
@@ -412,57 +398,3 @@ def _metadata(request: ExportRequest, shape: tuple[int, ...], sha256: str, manif
 
 def _opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _verify(
-    ort: Any, data: bytes, x: np.ndarray, reference: list[np.ndarray], atol: float, rtol: float
-) -> Verification:
-    """Run the serialized model in onnxruntime on `x` and compare with torch's outputs."""
-    start = time.perf_counter()
-    session = ort.InferenceSession(data, session_options(ort), ["CPUExecutionProvider"])
-    got = session.run(None, {"input": x})
-    abs_err, rel_err, mismatched = 0.0, 0.0, 0
-    for ours, want in zip(got, reference, strict=True):
-        a, b = np.asarray(ours, np.float64), np.asarray(want, np.float64)
-        if a.shape != b.shape:
-            raise PruneError(
-                f"onnxruntime returned shape {list(a.shape)}, torch {list(b.shape)}",
-                "report this with the model",
-            )
-        same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaN on both sides agree
-        diff = np.where(same, 0.0, np.abs(a - b))
-        mismatched += int(np.count_nonzero(~(diff <= atol + rtol * np.abs(b))))
-        abs_err = max(abs_err, float(diff.max(initial=0.0)))
-        nonzero = b != 0
-        rel_err = max(rel_err, float((diff[nonzero] / np.abs(b[nonzero])).max(initial=0.0)))
-    finite = np.isfinite([abs_err, rel_err])
-    return Verification(
-        passed=mismatched == 0,
-        batch=len(x),
-        max_abs_error=abs_err if finite[0] else None,
-        max_rel_error=rel_err if finite[1] else None,
-        mismatched=mismatched,
-        values=sum(int(r.size) for r in reference),
-        atol=atol,
-        rtol=rtol,
-        runtime=f"onnxruntime {ort.__version__}",
-        seconds=time.perf_counter() - start,
-    )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a partial file."""
-    from prunecli.io.outputs import create_temp_file, write_error
-
-    fd, tmp = create_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, needed=len(data)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -7,7 +7,6 @@ A reader refuses a newer `schema_version` with a clear message.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -175,21 +174,9 @@ def dumps(manifest: dict[str, Any]) -> str:
 
 def write_manifest(manifest: dict[str, Any], path: Path) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
-    from prunecli.io.outputs import create_temp_file, write_error
+    from prunecli.io.outputs import write_bytes
 
-    text = dumps(manifest).encode("utf-8")
-    fd, tmp = create_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path, needed=len(text)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes(path, dumps(manifest).encode("utf-8"))
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

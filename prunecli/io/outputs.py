@@ -126,6 +126,22 @@ def create_temp_dir(target: Path) -> Path:
             raise write_error(exc, tmp, folder) from None
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it: never a partial file."""
+    fd, tmp = create_temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path, needed=len(data)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_error(exc: OSError, path: Path, folder: Path | None = None, needed: int | None = None) -> Exception:
     """The error to raise when writing `path` failed: disk full, not permitted, or plain I/O."""
     where = folder or path.absolute().parent

@@ -24,7 +24,6 @@ dropout) and any static batch size are fixed at export time.
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import logging
@@ -44,15 +43,19 @@ from torch import nn
 
 from prunecli.errors import CheckpointError, InputError
 from prunecli.io.checkpoints import require_file
+from prunecli.models.pt2_graph import (
+    PLAIN_NAME,
+    bad_string,
+    check_graph_json,
+    check_program,
+    shown,
+    unsafe,
+)
 
 _ARCHIVE_MARKERS = ("archive_format", "serialized_exported_program.json")  # current and pre-2.8 layouts
 _REEXPORT_HINT = (
     "re-export it with torch.export.save(torch.export.export(model, example_inputs), path) "
     f"using this PyTorch ({torch.__version__.split('+')[0]})"
-)
-_UNSAFE_HINT = (
-    "nothing in it was run; if you made the model, re-export it with torch.export.save"
-    "(torch.export.export(model, example_inputs), path), and use .pt2 files only from sources you trust"
 )
 
 # What torch.export.save (PyTorch 2.8+) writes for one program named "model", below the top folder.
@@ -68,11 +71,6 @@ _PAYLOAD = re.compile(r"data/(weights/weight|constants/tensor)_[0-9]+\Z")
 _EXTRA = re.compile(r"extra/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _REPACK_ROOT = "archive"
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]*\Z")  # names in the graph JSON end up in generated Python source
-_FREE_TEXT = frozenset(  # strings torch keeps as data (metadata, string constants), never as code
-    {"stack_trace", "nn_module_stack", "torch_fn", "source_fn_stack", "custom", "torch_version"}
-    | {"as_string", "as_strings"}
-)
 _ZIP_FLAGS = 0x0808 | 0x0006  # data descriptor, UTF-8 names, deflate options; never encryption
 
 
@@ -131,7 +129,7 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
             raise InputError(
                 f"{path} is not a loadable torch.export archive ({describe_exception(exc)})", _REEXPORT_HINT
             ) from exc
-    _check_program(program, path)
+    check_program(program, path)
     return program
 
 
@@ -153,11 +151,11 @@ def _check_archive(path: Path, copy_to: zipfile.ZipFile | None = None) -> Any:
                 elif record in _CONFIGS:
                     listed |= _check_payload_config(data, record, records, path)
                 elif record == _GRAPH:
-                    _check_graph_json(data, path)
+                    check_graph_json(data, path, _GRAPH)
                 if copy_to is not None:
                     copy_to.writestr(f"{_REPACK_ROOT}/{record}", data)
             if unlisted := sorted(r for r in records if _PAYLOAD.match(r) and r not in listed):
-                raise _unsafe(path, f"holds {unlisted[0]}, which no payload config lists")
+                raise unsafe(path, f"holds {unlisted[0]}, which no payload config lists")
             return sample
     except (
         zipfile.BadZipFile,
@@ -172,16 +170,6 @@ def _check_archive(path: Path, copy_to: zipfile.ZipFile | None = None) -> Any:
         raise CheckpointError(
             f"{path} is not a readable torch.export archive ({describe_exception(exc)})", _REEXPORT_HINT
         ) from None
-
-
-def _unsafe(path: Path, problem: str) -> CheckpointError:
-    """The one error for an archive refused on safety grounds."""
-    return CheckpointError(f"{path} is not a safe torch.export archive: it {problem}", _UNSAFE_HINT)
-
-
-def _shown(text: str) -> str:
-    """A string from the archive, quoted and cut short for a one-line message."""
-    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
 
 
 def _records(archive: zipfile.ZipFile, raw: IO[bytes], path: Path) -> dict[str, zipfile.ZipInfo]:
@@ -200,13 +188,13 @@ def _records(archive: zipfile.ZipFile, raw: IO[bytes], path: Path) -> dict[str, 
     for info in infos:
         _check_entry(info, path)
         if not info.filename.startswith(f"{root}/"):
-            raise _unsafe(path, f"holds {info.filename!r} outside its top folder {root!r}")
+            raise unsafe(path, f"holds {info.filename!r} outside its top folder {root!r}")
         record = info.filename[len(root) + 1 :]
         if record.lower() in folded:  # torch's reader matches names without regard to case
-            raise _unsafe(path, f"holds the member {_shown(record)} twice (or twice but for case)")
+            raise unsafe(path, f"holds the member {shown(record)} twice (or twice but for case)")
         folded.add(record.lower())
         if not (record in _REQUIRED or record in _OPTIONAL or _PAYLOAD.match(record) or _EXTRA.match(record)):
-            raise _unsafe(path, f"holds {_shown(record)}, which torch.export.save does not write")
+            raise unsafe(path, f"holds {shown(record)}, which torch.export.save does not write")
         records[record] = info
     if missing := sorted(_REQUIRED - records.keys()):
         raise InputError(f"{path} is not a complete torch.export archive (no {missing[0]})", _REEXPORT_HINT)
@@ -225,9 +213,9 @@ def _check_entry(info: zipfile.ZipInfo, path: Path) -> None:
         or any(part in ("", ".", "..") for part in name.split("/"))
         or len(name) > 400
     ):
-        raise _unsafe(path, f"holds a member named {_shown(name)}, which readers may resolve differently")
+        raise unsafe(path, f"holds a member named {shown(name)}, which readers may resolve differently")
     if info.flag_bits & ~_ZIP_FLAGS or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise _unsafe(path, f"holds {_shown(name)} encrypted or compressed as torch.export.save never does")
+        raise unsafe(path, f"holds {shown(name)} encrypted or compressed as torch.export.save never does")
 
 
 def _check_container(archive: zipfile.ZipFile, raw: IO[bytes], path: Path) -> None:
@@ -242,7 +230,7 @@ def _check_container(archive: zipfile.ZipFile, raw: IO[bytes], path: Path) -> No
         or cd_offset + cd_size != cd_end
         or getattr(archive, "start_dir", None) != cd_offset
     ):
-        raise _unsafe(path, "has data before the zip or a central directory that readers may see differently")
+        raise unsafe(path, "has data before the zip or a central directory that readers may see differently")
 
 
 def _end_record(raw: IO[bytes], path: Path) -> tuple[int, int, int, int]:
@@ -253,21 +241,21 @@ def _end_record(raw: IO[bytes], path: Path) -> tuple[int, int, int, int]:
     tail = raw.read()
     end = tail[-22:]
     if len(end) != 22 or end[:4] != b"PK\x05\x06" or end[-2:] != b"\0\0":
-        raise _unsafe(path, "does not end with a plain zip end record (a comment or trailing data)")
+        raise unsafe(path, "does not end with a plain zip end record (a comment or trailing data)")
     disk, cd_disk, *small = struct.unpack("<4x4H2L2x", end)
     if tail[-42:-38] != b"PK\x06\x07":
         if disk or cd_disk or small[0] != small[1]:
-            raise _unsafe(path, "spans several disks")
+            raise unsafe(path, "spans several disks")
         return small[1], small[2], small[3], size - 22
     record_at = struct.unpack("<8xQ4x", tail[-42:-22])[0]
     zip64 = tail[-98:-42]
     if zip64[:4] != b"PK\x06\x06" or record_at != size - 98:  # zipfile reads it there, torch where pointed
-        raise _unsafe(path, "has a zip64 end record that its locator does not point to")
+        raise unsafe(path, "has a zip64 end record that its locator does not point to")
     disk, cd_disk, *big = struct.unpack("<16x2L4Q", zip64)
     sentinels = (0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)  # "see the zip64 record"
     agree = all(v in (b, m) for v, b, m in zip(small, big, sentinels, strict=True))
     if disk or cd_disk or big[0] != big[1] or not agree:
-        raise _unsafe(path, "has zip and zip64 end records that disagree")
+        raise unsafe(path, "has zip and zip64 end records that disagree")
     return big[1], big[2], big[3], size - 98
 
 
@@ -283,166 +271,14 @@ def _check_payload_config(data: bytes, record: str, records: dict[str, Any], pat
     for fqn, entry in entries.items():
         name = entry.get("path_name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or entry.get("use_pickle") is not False:
-            raise _unsafe(path, f"stores {_shown(fqn)} pickled ({record}); only raw tensors are loaded")
+            raise unsafe(path, f"stores {shown(fqn)} pickled ({record}); only raw tensors are loaded")
         member = folder + name
         if not (name.startswith(prefix) and _PAYLOAD.match(member) and member in records):
-            raise _unsafe(path, f"lists {_shown(fqn)} at {_shown(name)} in {record}, not a raw tensor of it")
-        if bad := _bad_string(entry, "") or _bad_string(fqn, ""):
-            raise _unsafe(path, f"has the name {_shown(bad)} in {record}")
+            raise unsafe(path, f"lists {shown(fqn)} at {shown(name)} in {record}, not a raw tensor of it")
+        if bad := bad_string(entry, "") or bad_string(fqn, ""):
+            raise unsafe(path, f"has the name {shown(bad)} in {record}")
         listed.add(member)
     return listed
-
-
-def _check_graph_json(data: bytes, path: Path) -> None:
-    """Refuse strings that torch would turn into code: names go into generated Python source,
-    `expr_str` into SymPy's `eval`, guards into a compiled function, tree specs into signatures."""
-    graph = json.loads(data.decode("utf-8"))
-    if bad := _bad_string(graph, ""):
-        raise _unsafe(path, f"has {_shown(bad)} in {_GRAPH}, not a plain name or shape expression")
-
-
-def _bad_string(value: Any, key: str) -> str | None:
-    """The first string under `value` that is unsafe where it sits, or None."""
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not _NAME.match(k):
-                return k
-            if (bad := _bad_string(item, k)) is not None:
-                return bad
-        return None
-    if isinstance(value, list):
-        return next((bad for item in value if (bad := _bad_string(item, key)) is not None), None)
-    if not isinstance(value, str) or key in _FREE_TEXT or _NAME.match(value):
-        return None
-    if key in ("in_spec", "out_spec"):
-        return _bad_tree_spec(value)
-    if key == "expr_str":
-        return None if _is_sympy_literal(value) else value
-    if key == "guards_code":
-        return None if _is_shape_guard(value) else value
-    return value
-
-
-def _bad_tree_spec(text: str) -> str | None:
-    """Tree specs are JSON whose `context` fields are JSON again; dict keys become source text."""
-    try:
-        spec = json.loads(text)
-    except ValueError:
-        return text
-    return _bad_context(spec)
-
-
-def _bad_context(value: Any) -> str | None:
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not _NAME.match(k):
-                return k
-            if k == "context" and isinstance(item, str) and not _NAME.match(item):
-                if (bad := _bad_tree_spec(item)) is not None:
-                    return bad
-            elif (bad := _bad_context(item)) is not None:
-                return bad
-        return None
-    if isinstance(value, list):
-        return next((bad for item in value if (bad := _bad_context(item)) is not None), None)
-    return value if isinstance(value, str) and not _NAME.match(value) else None
-
-
-# Calls a serialized SymPy expression may make: SymPy's own classes as `srepr` writes them, and
-# torch's shape functions (the names torch passes to sympify as locals).
-_SYMPY_CALLS = frozenset(
-    "Symbol Integer Rational Float Add Mul Pow Max Min Abs floor ceiling Eq Ne Lt Le Gt Ge "
-    "StrictLessThan StrictGreaterThan LessThan GreaterThan Equality Unequality And Or Not "
-    "Piecewise ExprCondPair NegativeOne One Zero Half Infinity NegativeInfinity IntInfinity "
-    "NegativeIntInfinity BooleanTrue BooleanFalse true false oo "
-    "FloorDiv ModularIndexing Where PythonMod Mod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift "
-    "PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat "
-    "TruncToInt RoundToInt RoundDecimal ToFloat Identity".split()
-)
-_ARITHMETIC = (ast.Expression, ast.Load, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
-_SYMBOL_NAME = re.compile(r"[a-z]{1,4}[0-9]+\Z")  # s0, u3, zuf1: torch's symbol names
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_GUARD_NAMES = frozenset({"L", "math", "torch", "max", "min", "abs", "int", "float", "True", "False"})
-_GUARD_ATTRIBUTES = frozenset({"size", "stride", "storage_offset", "dim", "numel", "floor", "ceil", "trunc"})
-_GUARD_ATTRIBUTES |= {"sqrt", "isnan", "isinf", "inf", "sym_max", "sym_min", "sym_float", "sym_int"}
-_GUARD_ATTRIBUTES |= {"sym_sqrt", "sym_ite", "sym_not", "sym_sum"}
-
-
-def _is_sympy_literal(text: str) -> bool:
-    """True for calls of known SymPy constructors on numbers, symbol names and keyword flags."""
-    tree = _parse_expression(text)
-    if tree is None:
-        return False
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            ok = isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS
-        elif isinstance(node, ast.Name):
-            ok = node.id in _SYMPY_CALLS or bool(_SYMBOL_NAME.match(node.id))
-        elif isinstance(node, ast.keyword):
-            ok = node.arg is not None and node.arg.isalpha() and node.arg.islower()
-        elif isinstance(node, ast.Constant):
-            ok = _is_plain_constant(node.value)
-        else:
-            ok = isinstance(node, _ARITHMETIC)
-        if not ok:
-            return False
-    return True
-
-
-def _is_shape_guard(text: str) -> bool:
-    """True for comparisons of input sizes (`L['x'].size()[0] >= 2`) and arithmetic on them."""
-    tree = _parse_expression(text)
-    if tree is None:
-        return False
-    allowed = (*_ARITHMETIC, ast.BoolOp, ast.boolop, ast.Compare, ast.cmpop, ast.Subscript, ast.Call)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            ok = node.id in _GUARD_NAMES
-        elif isinstance(node, ast.Attribute):
-            ok = node.attr in _GUARD_ATTRIBUTES
-        elif isinstance(node, ast.Constant):
-            ok = _is_plain_constant(node.value)
-        else:
-            ok = isinstance(node, allowed)
-        if not ok:
-            return False
-    return True
-
-
-def _parse_expression(text: str) -> ast.Expression | None:
-    if not text.isprintable():  # a line break or carriage return could end a line of generated code
-        return None
-    try:
-        return ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError):
-        return None
-
-
-def _is_plain_constant(value: object) -> bool:
-    """Numbers, booleans, None and identifier-like strings (sympify of such a string only names)."""
-    if isinstance(value, str):
-        return bool(_IDENTIFIER.match(value))
-    return value is None or isinstance(value, (bool, int, float))
-
-
-def _check_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Graph nodes may take operators as arguments but no other callable (`os.system` through
-    `torch.os`): torch's verifier checks node targets only. String inputs go into the source of the
-    guard function between quotes, so they must be plain names."""
-    operators = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
-    for module in program.graph_module.modules():
-        if not isinstance(module, torch.fx.GraphModule):
-            continue
-        for node in module.graph.nodes:
-            value = node.meta.get("val")
-            if node.op == "placeholder" and isinstance(value, str) and not _NAME.match(value):
-                raise _unsafe(path, f"has the string input {_shown(value)}, not a plain name")
-            found: list[Any] = []
-            torch.fx.node.map_aggregate((node.args, node.kwargs), found.append)
-            for value in found:
-                if callable(value) and not isinstance(value, operators):
-                    shown = _shown(repr(value))
-                    raise _unsafe(path, f"passes {shown} to the graph node {node.name}: not an operator")
 
 
 def _safe_load(data: bytes, name: str, path: Path) -> Any:
@@ -462,7 +298,7 @@ def _safe_load(data: bytes, name: str, path: Path) -> Any:
             "re-export without custom objects, or call torch.export.load yourself if you trust the file",
         ) from None
     if (bad := _bad_key(sample)) is not None:  # keys end up in the guard function's source
-        raise _unsafe(path, f"has the input key {_shown(bad)} in {name}, not a plain name")
+        raise unsafe(path, f"has the input key {shown(bad)} in {name}, not a plain name")
     return sample
 
 
@@ -470,7 +306,7 @@ def _bad_key(value: Any) -> str | None:
     """The first dict key under `value` that is neither an int nor a plain name (as repr), or None."""
     if isinstance(value, dict):
         for key, item in value.items():
-            if not (isinstance(key, int) or (isinstance(key, str) and _NAME.match(key))):
+            if not (isinstance(key, int) or (isinstance(key, str) and PLAIN_NAME.match(key))):
                 return repr(key)
             if (bad := _bad_key(item)) is not None:
                 return bad

@@ -132,7 +132,8 @@ def _load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str
     """
     import torch
 
-    from prunecli.io.checkpoints import open_checkpoint, torch_dtype
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.io.torch_files import torch_dtype
     from prunecli.models import check_weights, resolve_model
     from prunecli.selection.prunable import prunable_names
 
@@ -165,7 +166,7 @@ def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) ->
     (no intermediate copy), else through a temporary cast by `copy_`."""
     import torch
 
-    from prunecli.io.checkpoints import raw_to_torch, torch_dtype
+    from prunecli.io.torch_files import raw_to_torch, torch_dtype
 
     if target.device.type == "cpu" and target.is_contiguous() and target.dtype == torch_dtype(dtype):
         ckpt.read(name, target.view(-1).view(torch.uint8).numpy())  # fills target's bytes

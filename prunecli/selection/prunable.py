@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 
 from prunecli.errors import UsageError
 from prunecli.io.dtypes import is_float
-from prunecli.io.safetensors_file import TensorInfo
+from prunecli.io.safetensors_header import TensorInfo
 
 SCORABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # fp8 tensors are left alone by default
 _EXCLUDED_NAME = re.compile(r"(^|[._])(embed\w*|wte|wpe|\w*norm\w*|bn\d*|ln\w*)([._]|$)", re.I)
