@@ -12,14 +12,12 @@ import torch
 from torch import nn
 
 from prunecli.analysis.signal import (
-    approximate_isometry,
-    isometry_gradient,
-    isometry_penalty,
     jacobian_singular_value_array,
     jacobian_singular_values,
     path_check,
     signal_report,
 )
+from prunecli.apply.isometry import approximate_isometry, isometry_gradient, isometry_penalty
 from prunecli.errors import InputError, UsageError
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "train.npz"
