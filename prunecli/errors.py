@@ -1,13 +1,20 @@
-"""Typed errors carrying a message and a hint, and the one mapping to exit codes.
+"""Typed errors carrying a message, a hint and the facts, and the one mapping to exit codes.
 
 The library raises these; the CLI turns each into one stderr line and its exit code.
+
+A message names the library's parameters in backticks, as a Python caller spells them
+(`` `min_density` 1.5 is outside [0, 1]``); the CLI renders each as its flag
+(``--min-density 1.5 is outside [0, 1]``) through `one_line(parameter=...)`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")  # a parameter named in a message: `min_density`
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -16,20 +23,50 @@ EXIT_RUNTIME = 3
 
 
 class PruneError(Exception):
-    """Base error: `message` says what happened, `hint` says how to fix it."""
+    """Base error: `message` says what happened, `hint` says how to fix it.
+
+    The optional facts let a caller act without parsing the text: `option` is the library
+    parameter at fault ("min_density"), `value` the value given, `allowed` the accepted
+    choices and `bounds` the accepted closed range (low, high).
+
+    Example:
+        >>> err = UsageError("`min_density` 1.5 is outside [0, 1]", "use a fraction",
+        ...                  option="min_density", value=1.5, bounds=(0.0, 1.0))
+        >>> err.one_line(parameter=lambda name: "--" + name.replace("_", "-"))
+        '--min-density 1.5 is outside [0, 1]. use a fraction.'
+    """
 
     exit_code: int = EXIT_RUNTIME
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        option: str | None = None,
+        value: Any = None,
+        allowed: tuple[Any, ...] | None = None,
+        bounds: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        self.bounds = bounds
 
-    def one_line(self) -> str:
-        """The message and the hint on a single line, for stderr (terminal colours removed)."""
+    def one_line(self, parameter: Callable[[str], str] | None = None) -> str:
+        """The message and the hint on a single line, for stderr (terminal colours removed).
+
+        `parameter` renders each backticked parameter name (the CLI passes its flag names);
+        without it the names keep their backticks.
+        """
         text = self.message.rstrip(".") + "."
         if self.hint:
             text += f" {self.hint.rstrip('.')}."
+        if parameter is not None:
+            text = PARAMETER.sub(lambda match: parameter(match.group(1)), text)
         return " ".join(_ANSI.sub("", text).split())
 
 

@@ -357,7 +357,7 @@ def test_export_failure_keeps_stdout_clean(pruned, tmp_path: Path, capfd: pytest
     ("args", "message"),
     [
         (["--sparse-threshold", "1.5"], "--sparse-threshold 1.5 is outside [0, 1]"),
-        (["--dtype", "bfloat16"], "unknown --dtype 'bfloat16'"),
+        (["--dtype", "bfloat16"], "'bfloat16' is not one of 'float32', 'float16'"),
         (["--static-batch", "0"], "--static-batch 0 is not a positive integer"),
         (["--opset", "25"], "--opset 25 is not supported"),
         (["--atol", "-1"], "--atol -1.0 is negative"),

@@ -98,7 +98,7 @@ def test_nm_mask_refuses_row_length_not_multiple() -> None:
     keys = scores_to_keys(np.ones((2, 6), np.float32), "w")
     with pytest.raises(UsageError, match=r"fc\.weight.*multiple of 4") as info:
         nm_mask(keys, 2, 4, "fc.weight")
-    assert "--exclude 'fc.weight'" in info.value.hint
+    assert "`exclude` 'fc.weight'" in info.value.hint and info.value.option == "pattern"
 
 
 def test_shuffle_keeps_count_and_moves_entries() -> None:

@@ -125,25 +125,53 @@ def test_apply_structure_channel_and_row_scope(cli, conv_ckpt: Path, tmp_path: P
         tmp_path / "c",
         "--json",
     )
-    assert r.code == 0
-    conv = load_file(tmp_path / "c" / "model.safetensors")["conv.weight"]
-    alive = np.abs(conv).sum(axis=(0, 2, 3)) > 0
-    assert ((np.abs(conv).sum(axis=(0, 2, 3)) == 0) | alive).all()  # channels are all or nothing
+    assert r.code == 0, r.err
+    # 12 channel groups in all (4 of conv, 8 of fc), round(12 · 0.5) = 6 kept, ranked by their
+    # largest |w|: conv's 72-weight channels beat fc's 5-weight ones, so conv keeps all four
+    manifest = json.loads(r.out)
+    assert [(t["name"], t["kept"], t["groups"]) for t in manifest["tensors"]] == [
+        ("conv.weight", 288, {"kept": 4, "total": 4}),
+        ("fc.weight", 10, {"kept": 2, "total": 8}),
+    ]
+    assert manifest["totals"] == {"params": 328, "prunable": 328, "kept": 298, "sparsity": 1 - 298 / 328}
+    source = load_file(conv_ckpt)
+    model = load_file(tmp_path / "c" / "model.safetensors")
+    assert model["conv.weight"].tobytes() == source["conv.weight"].tobytes()  # every channel kept
+    fc_channels = np.abs(source["fc.weight"]).max(axis=0)  # channel i: column i of fc (5, 8)
+    keep = np.zeros(8, bool)
+    keep[np.argsort(fc_channels)[-2:]] = True
+    np.testing.assert_array_equal(model["fc.weight"], np.where(keep, source["fc.weight"], 0))
     r = cli("apply", conv_ckpt, "-m", "magnitude", "-s", "0.75", "--scope", "row", "-o", tmp_path / "r")
-    assert r.code == 0
-    fc = load_file(tmp_path / "r" / "model.safetensors")["fc.weight"]
-    assert ((fc != 0).sum(axis=1) == 2).all()  # round(8·0.25) per row
+    assert r.code == 0, r.err
+    fc, w = load_file(tmp_path / "r" / "model.safetensors")["fc.weight"], source["fc.weight"]
+    top2 = np.abs(w) >= np.sort(np.abs(w), axis=1)[:, -2:-1]  # round(8·0.25) = 2 largest per row
+    np.testing.assert_array_equal(fc, np.where(top2, w, 0))
 
 
 @pytest.mark.parametrize(
-    "extra", [["--pattern", "2:4"], ["--scope", "row"], ["--aggregate", "l3"], ["--structure", "block"]]
+    ("extra", "line"),
+    [
+        (["--pattern", "2:4"], "--structure keeps whole filters or channels. drop --pattern / --scope row."),
+        (["--scope", "row"], "--structure keeps whole filters or channels. drop --pattern / --scope row."),
+        (
+            ["--aggregate", "l3"],
+            "Invalid value for '--aggregate': Value error, 'l3' is not one of 'l1', "
+            "'l2', 'mean', 'max' (see 'prunecli apply --help')",
+        ),
+        (
+            ["--structure", "block"],
+            "Invalid value for '--structure': Value error, 'block' is not one of "
+            "'filter', 'channel' (see 'prunecli apply --help')",
+        ),
+    ],
 )
-def test_structured_usage_errors(cli, conv_ckpt: Path, tmp_path: Path, extra: list[str]) -> None:
+def test_structured_usage_errors(cli, conv_ckpt: Path, tmp_path: Path, extra: list[str], line: str) -> None:
     args = ["apply", conv_ckpt, "-m", "magnitude", "-o", tmp_path / "o"]
     args += [] if "--pattern" in extra else ["-s", "0.5"]
     args += extra if "--structure" in extra else ["--structure", "filter", *extra]
     r = cli(*args)
-    assert r.code == 2 and r.err.startswith("error: ")
+    assert r.code == 2 and r.out == "" and not (tmp_path / "o").exists()
+    assert r.err == f"error: {line}\n"
 
 
 def test_invert_flips_whole_groups(cli, conv_ckpt: Path, tmp_path: Path) -> None:

@@ -22,6 +22,11 @@ from prunecli.cli.prune_cmd import prune
 from prunecli.cli.score_cmd import score
 from prunecli.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PruneError
 
+try:  # typer >= 0.26 vendors click: its parser errors derive from typer's public TyperException
+    from typer import TyperException as ParserError
+except ImportError:  # older typer depends on click
+    from click.exceptions import ClickException as ParserError
+
 app = typer.Typer(
     name="prunecli",
     help="Prune neural-network checkpoints: score weights, apply masks, inspect densities.",
@@ -82,8 +87,13 @@ def _os_error(exc: OSError) -> int:
                  "permissions", code)  # fmt: skip
 
 
-def _usage_error(exc: Exception) -> int:
-    ctx = getattr(exc, "ctx", None)
+def flag(parameter: str) -> str:
+    """The command-line flag of a library parameter: `min_density` -> `--min-density`."""
+    return "--" + parameter.replace("_", "-")
+
+
+def _usage_error(exc: ParserError) -> int:
+    ctx = getattr(exc, "ctx", None)  # usage errors carry the command's context; others do not
     command = ctx.command_path if ctx is not None else "prunecli"
     lines = exc.format_message().strip().splitlines()
     if not lines:  # no arguments at all: the help has been shown
@@ -97,12 +107,8 @@ def _parse_and_run(argv: list[str] | None) -> int:
         result = app(args=argv, prog_name="prunecli", standalone_mode=False)
     except typer.Abort:
         return _fail("interrupted", 130)
-    except PruneError:
-        raise
-    except Exception as exc:
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # a parser usage error
-            return _usage_error(exc)
-        raise
+    except ParserError as exc:  # bad usage the parser caught: a missing, unknown or invalid option
+        return _usage_error(exc)
     return result if isinstance(result, int) else 0
 
 
@@ -114,7 +120,7 @@ def run(argv: list[str] | None = None) -> int:
     except PruneError as exc:
         if debug:
             raise
-        return _fail(exc.one_line(), exc.exit_code)
+        return _fail(exc.one_line(parameter=flag), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Terminated as exc:

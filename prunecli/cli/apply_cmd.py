@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -28,11 +28,11 @@ def apply(
     sparsity: opt.Sparsity = None,
     density: opt.Density = None,
     scope: opt.Scope = None,
-    allocation: opt.Allocation = "uniform",
-    min_density: opt.MinDensity = 0.0,
+    allocation: opt.Allocation = opt.SELECTION.allocation,
+    min_density: opt.MinDensity = opt.SELECTION.min_density,
     pattern: opt.Pattern = None,
     structure: opt.Structure = None,
-    aggregate: opt.Aggregate = "l1",
+    aggregate: opt.Aggregate = opt.SELECTION.aggregate,
     shuffle: opt.Shuffle = False,
     invert: opt.Invert = False,
     isometry_steps: Annotated[
@@ -43,7 +43,7 @@ def apply(
         Optional[float],
         typer.Option("--isometry-lr", help="Learning rate of --isometry-steps (default 0.1)."),
     ] = None,
-    seed: opt.Seed = 0,
+    seed: opt.Seed = opt.DEFAULT_SEED,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     force: opt.Force = False,
@@ -62,12 +62,10 @@ def apply(
 
       prunecli apply model.safetensors --scores snip.safetensors -s 0.5 --structure filter -o filters/
     """
+    selection = opt.gather(opt.SelectionOptions, locals())
     if (scores is None) == (method is None):
         raise UsageError("give exactly one of --scores and --method", "e.g. --method magnitude")
-    spec = selection_spec(
-        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude,
-        structure=structure, aggregate=aggregate,
-    )  # fmt: skip
+    spec = selection.spec()
     isometry = isometry_options(isometry_steps, isometry_lr)
     run_apply(checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
               json_out=json_out, quiet=quiet, isometry=isometry)  # fmt: skip
@@ -84,44 +82,16 @@ def isometry_options(steps: int, lr: float | None) -> tuple[int, float] | None:
     return (steps, 0.1 if lr is None else lr) if steps else None
 
 
-def selection_spec(
-    sparsity: float | None,
-    density: float | None,
-    scope: str | None,
-    allocation: str,
-    min_density: float,
-    pattern: str | None,
-    shuffle: bool,
-    invert: bool,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    structure: str | None = None,
-    aggregate: str = "l1",
-) -> SelectionSpec:
-    """Validate the selection options once, at the edge, into a SelectionSpec."""
-    from prunecli.selection.spec import SelectionSpec
+def selection_spec(*args: Any, **kwargs: Any) -> SelectionSpec:
+    """Deprecated: the old positional form, kept only for `benchmarks/reproduce/run.py`.
 
-    nm = opt.parse_pattern(pattern) if pattern else None
-    target = opt.target_density(sparsity, density, required=nm is None)
-    if nm and target is not None and abs(target - nm[0] / nm[1]) > 1e-9:
-        raise UsageError(
-            f"--pattern {pattern} keeps {nm[0]}/{nm[1]}, not density {target:g}", "drop --sparsity"
-        )
-    spec = SelectionSpec(
-        density=nm[0] / nm[1] if nm else target,
-        scope=scope or ("layer" if allocation == "erk" else "global"),
-        allocation=allocation,
-        min_density=opt.fraction(min_density, "--min-density"),
-        pattern=nm,
-        structure=structure,
-        aggregate=aggregate,
-        shuffle=shuffle,
-        invert=invert,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-    )
-    spec.validate()
-    return spec
+    Use `SelectionOptions(sparsity=..., ...).spec()`, or `SelectionSpec` from Python. Remove this
+    once the benchmark builds its `SelectionSpec` itself.
+    """
+    names = ("sparsity", "density", "scope", "allocation", "min_density", "pattern", "shuffle", "invert",
+             "include", "exclude")  # fmt: skip
+    given = {**dict(zip(names, args, strict=False)), **kwargs}
+    return opt.gather(opt.SelectionOptions, {**vars(opt.SELECTION), **given}).spec()
 
 
 def run_apply(

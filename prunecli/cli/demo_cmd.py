@@ -19,7 +19,7 @@ def demo(
         Optional[Path], typer.Option("--workdir", help="Keep the files here (default: a temporary folder).")
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Masked training epochs per method.")] = 3,
-    seed: opt.Seed = 0,
+    seed: opt.Seed = opt.DEFAULT_SEED,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -47,8 +47,8 @@ def demo(
 
 def _run(folder: Path, seed: int, epochs: int, quiet: bool) -> dict[str, Any]:
     from prunecli.analysis.inspect import summarize
-    from prunecli.cli.apply_cmd import run_apply, selection_spec
-    from prunecli.cli.score_cmd import compute, score_options
+    from prunecli.cli.apply_cmd import run_apply
+    from prunecli.cli.score_cmd import compute
     from prunecli.models.initialize import init_checkpoint
     from prunecli.pipelines.demo import DEMO_ARCH, DEMO_METHODS, DEMO_SPARSITY, demo_data_path, train_and_test
     from prunecli.scoring import get_method
@@ -56,15 +56,15 @@ def _run(folder: Path, seed: int, epochs: int, quiet: bool) -> dict[str, Any]:
     init = folder / f"{DEMO_ARCH}.safetensors"
     init_checkpoint(DEMO_ARCH, init, seed=seed, force=True)
     note(f"initialised {DEMO_ARCH} (seed {seed}) in {init}", quiet)
-    spec = selection_spec(DEMO_SPARSITY, None, None, "uniform", 0.0, None, False, False, None, None)
-    options = score_options(
+    spec = opt.SelectionOptions(sparsity=DEMO_SPARSITY).spec()
+    model = opt.ModelOptions(
         arch=DEMO_ARCH, data=str(demo_data_path()), batch_size=100, device="cpu", seed=seed
     )
     methods: dict[str, Any] = {}
     with RichProgress(quiet) as progress:
         for name in DEMO_METHODS:
             out, scores = folder / f"{name}-95", folder / f"{name}.safetensors"
-            compute(init, get_method(name), scores, options, True, progress, quiet=True)
+            compute(init, get_method(name), scores, model=model, force=True, progress=progress, quiet=True)
             run_apply(init, out, spec, scores=scores, seed=seed, force=True, quiet=True)
             densities = {t["name"]: t["density"] for t in summarize(out)["tensors"] if t["pruned"]}
             progress.stage(f"training the {name} mask ({epochs} epoch(s))", 1)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunecli.cli import options as opt
+from prunecli.cli.choices import ExportDtype
 from prunecli.cli.output import emit_json, note, stderr_console
 from prunecli.errors import CheckFailed
 
@@ -41,7 +42,9 @@ def export(
         Optional[int], typer.Option("--static-batch", help="Fix the batch size (default: dynamic).")
     ] = None,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 7 to 20 (default 20).")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float16.")] = "float32",
+    dtype: Annotated[ExportDtype, typer.Option("--dtype", help="Float type of the ONNX file.")] = (
+        ExportDtype.FLOAT32
+    ),
     sparse_threshold: Annotated[
         float,
         typer.Option("--sparse-threshold", help="Store tensors below this density sparse (0: all dense)."),
@@ -82,7 +85,7 @@ def export(
     request = ExportRequest(
         source=path, output=output, arch=arch, arch_args=parse_arch_args(arch_args),
         input_shape=parse_shape(input_shape) if input_shape is not None else None, data=data,
-        static_batch=static_batch, opset=opset, dtype=dtype, sparse_threshold=sparse_threshold,
+        static_batch=static_batch, opset=opset, dtype=dtype.value, sparse_threshold=sparse_threshold,
         verify=verify, atol=atol, rtol=rtol, seed=seed, force=force,
     )  # fmt: skip
     report = export_onnx(request)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from prunecli.cli import options as opt
+from prunecli.cli.choices import InitScheme
 from prunecli.cli.output import note
 
 
@@ -21,11 +22,10 @@ def init(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.safetensors).")],
     arch_args: opt.ArchArgs = None,
-    init_scheme: Annotated[
-        str,
-        typer.Option("--init", help="kaiming-normal, xavier-normal, xavier-uniform or orthogonal."),
-    ] = "kaiming-normal",
-    seed: opt.Seed = 0,
+    init_scheme: Annotated[InitScheme, typer.Option("--init", help="Initialisation scheme.")] = (
+        InitScheme.KAIMING_NORMAL
+    ),
+    seed: opt.Seed = opt.DEFAULT_SEED,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -47,7 +47,8 @@ def init(
 
     require_suffix(output, ".safetensors", "initial weights")
     guard_output_file(output, force)
+    scheme = init_scheme.value
     count = init_checkpoint(
-        arch, output, scheme=init_scheme, seed=seed, force=force, arch_args=parse_arch_args(arch_args)
+        arch, output, scheme=scheme, seed=seed, force=force, arch_args=parse_arch_args(arch_args)
     )
-    note(f"wrote {output} ({arch}, {count:,} parameters, {init_scheme}, seed {seed})", quiet)
+    note(f"wrote {output} ({arch}, {count:,} parameters, {scheme}, seed {seed})", quiet)

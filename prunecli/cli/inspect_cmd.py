@@ -118,7 +118,7 @@ def inspect(
     data: opt.Data = None,
     input_shape: opt.InputShape = None,
     examples: Annotated[int, typer.Option("--examples", help="Examples probed by --signal.")] = 32,
-    seed: opt.Seed = 0,
+    seed: opt.Seed = opt.DEFAULT_SEED,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     quiet: opt.Quiet = False,
@@ -148,7 +148,9 @@ def inspect(
         raise UsageError(f"--examples {examples} must be at least 1", "e.g. --examples 32")
     summary = summarize(path, tuple(include or ()), tuple(exclude or ()))
     if signal:
-        request = SignalRequest(arch, arch_args, data, input_shape, examples, seed)
+        request = SignalRequest(
+            arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, examples=examples, seed=seed
+        )
         summary["signal"] = signal_summary(Path(summary["path"]) if summary["kind"] == "manifest" else path,
                                            request)  # fmt: skip
     for line in summary.pop("notes"):

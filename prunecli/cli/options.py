@@ -1,17 +1,33 @@
-"""Shared option aliases and the one place that validates user-supplied numbers."""
+"""Shared option aliases, the option groups they fill, and the one place that validates numbers.
+
+Each option is declared once here, as an `Annotated` alias. The options that several commands
+share form groups (`ModelOptions`, `MethodOptions`, `SelectionOptions`): a command lists the
+aliases in its signature, with the group's defaults (`MODEL.batch_size`), and `gather` builds
+the group from the parsed values, so no default or option name is written twice.
+
+Example:
+    def score(..., batch_size: opt.BatchSize = opt.MODEL.batch_size, ...) -> None:
+        model = opt.gather(opt.ModelOptions, locals())
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from prunecli.cli import choices
 from prunecli.errors import UsageError
+from prunecli.selection.spec import SelectionSpec
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
 MAX_SEED = 2**64 - 1  # the widest seed every generator used here (torch, numpy) accepts
+DEFAULT_SEED = 0
 Seed = Annotated[
     int,
     typer.Option(
@@ -30,6 +46,7 @@ Exclude = Annotated[
 Checkpoint = Annotated[
     Path, typer.Argument(help="Checkpoint: .safetensors, .safetensors.index.json, .pt/.pth/.bin.")
 ]
+Method = Annotated[str, typer.Option("--method", "-m", help="Scoring method (see `prunecli methods`).")]
 
 
 def fraction(value: float, flag: str) -> float:
@@ -63,7 +80,137 @@ def parse_pattern(text: str) -> tuple[int, int]:
     return n, m
 
 
-# Options of model-based scoring, shared by `score` and `prune`.
+# Option groups: one dataclass each, filled by `gather` --------------------------------------
+
+Group = TypeVar("Group")
+
+
+def gather(group: type[Group], params: Mapping[str, Any]) -> Group:
+    """The option group `group` from a command's parsed parameters (pass `locals()`).
+
+    Each field is taken by name. Enum members become their plain values and repeatable
+    options tuples, so the library gets what a Python caller would pass; a repeatable option
+    that was not given (None) takes the field's default.
+    """
+    missing = [f.name for f in fields(group) if f.name not in params]
+    if missing:
+        raise TypeError(f"{group.__name__} needs parameters the command lacks: {', '.join(missing)}")
+    values: dict[str, Any] = {}
+    for f in fields(group):
+        value = params[f.name]
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif value is None and f.default is not MISSING:
+            value = f.default
+        values[f.name] = value
+    return group(**values)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a model-based method builds, feeds and runs the model (`score`, `prune`, `demo`).
+
+    Text stays text (`arch_args` JSON, `input_shape` SHAPE): it is parsed where it is used.
+    """
+
+    arch: str | None = None
+    arch_args: str | None = None
+    data: str | None = None
+    input_shape: str | None = None
+    batch_size: int = 128
+    num_batches: int = 1
+    per_class: int | None = None
+    inputs_key: str | None = None
+    labels_key: str | None = None
+    loss: str | None = None  # None: ce with labels, pseudo without
+    iterations: int | None = None  # None: the method's own count
+    schedule: str = "exp"
+    bn_mode: str | None = None  # None: the method's mode
+    device: str = "auto"
+    dtype: str | None = None  # None: the method's precision
+    seed: int = DEFAULT_SEED
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Options that single methods read; the others refuse them (see `given`)."""
+
+    temperature: float = 200.0  # GraSP's softmax temperature
+    hessian: str | None = None
+    hutchinson_samples: int | None = None
+    obd_first_order: bool = False
+    fisher: bool = False
+    max_params: int | None = None
+
+    def given(self) -> dict[str, object]:
+        """The method-specific options that were given (the methods supply their own defaults)."""
+        optional = {"hessian": self.hessian, "hutchinson_samples": self.hutchinson_samples,
+                    "max_params": self.max_params}  # fmt: skip
+        options: dict[str, object] = {name: value for name, value in optional.items() if value is not None}
+        if self.obd_first_order:
+            options["obd_first_order"] = True
+        if self.fisher:
+            options["fisher"] = True
+        return options
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """How scores become masks, as given on the command line (`apply`, `prune`, `demo`).
+
+    The defaults are the library's (`SelectionSpec`); `scope` None means layer with ERK,
+    global otherwise.
+    """
+
+    sparsity: float | None = None
+    density: float | None = None
+    scope: str | None = None
+    allocation: str = SelectionSpec.allocation
+    min_density: float = SelectionSpec.min_density
+    pattern: str | None = None  # "N:M"
+    structure: str | None = SelectionSpec.structure
+    aggregate: str = SelectionSpec.aggregate
+    shuffle: bool = SelectionSpec.shuffle
+    invert: bool = SelectionSpec.invert
+    include: tuple[str, ...] = SelectionSpec.include
+    exclude: tuple[str, ...] = SelectionSpec.exclude
+
+    def spec(self) -> SelectionSpec:
+        """Validate the selection options once, at the edge, into a SelectionSpec."""
+        nm = parse_pattern(self.pattern) if self.pattern else None
+        target = target_density(self.sparsity, self.density, required=nm is None)
+        if nm and target is not None and abs(target - nm[0] / nm[1]) > 1e-9:
+            raise UsageError(
+                f"--pattern {self.pattern} keeps {nm[0]}/{nm[1]}, not density {target:g}", "drop --sparsity"
+            )
+        spec = SelectionSpec(
+            density=nm[0] / nm[1] if nm else target,
+            scope=self.scope or ("layer" if self.allocation == "erk" else SelectionSpec.scope),
+            allocation=self.allocation,
+            min_density=fraction(self.min_density, "--min-density"),
+            pattern=nm,
+            structure=self.structure,
+            aggregate=self.aggregate,
+            shuffle=self.shuffle,
+            invert=self.invert,
+            include=self.include,
+            exclude=self.exclude,
+        )
+        spec.validate()
+        return spec
+
+
+MODEL = ModelOptions()  # the defaults, for the commands' signatures
+METHOD = MethodOptions()
+SELECTION = SelectionOptions()
+
+
+# Model-based scoring options: ModelOptions and MethodOptions (`score`, `prune`) -------------
+
 Arch = Annotated[
     Optional[str],
     typer.Option("--arch", help="Zoo name, package.module:factory, file.py:factory, or a .pt2 archive."),
@@ -87,27 +234,32 @@ PerClass = Annotated[
 InputsKey = Annotated[Optional[str], typer.Option("--inputs-key", help="Array name of the inputs in --data.")]
 LabelsKey = Annotated[Optional[str], typer.Option("--labels-key", help="Array name of the labels in --data.")]
 Loss = Annotated[
-    Optional[str],
-    typer.Option("--loss", help="ce (default with labels), pseudo (default without), uniform or nll."),
+    Optional[choices.Loss],
+    typer.Option("--loss", help="Calibration loss (default: ce with labels, pseudo without)."),
+]
+ScoreSparsity = Annotated[
+    Optional[float],
+    typer.Option("--sparsity", "-s", help="Target of iterative methods (synflow, force, ...)."),
 ]
 Iterations = Annotated[
     Optional[int],
     typer.Option("--iterations", help="Steps of iterative methods (SynFlow 100, FORCE 10, SNIP-it's S 5)."),
 ]
 Schedule = Annotated[
-    str, typer.Option("--schedule", help="Density schedule of iterative methods: exp or linear.")
+    choices.Schedule, typer.Option("--schedule", help="Density schedule of iterative methods.")
 ]
-Temperature = Annotated[float, typer.Option("--temperature", help="GraSP's softmax temperature.")]
 BnMode = Annotated[
-    Optional[str],
-    typer.Option("--bn-mode", help="Batch-norm mode while scoring: eval or train (default: the method's)."),
+    Optional[choices.BnMode],
+    typer.Option("--bn-mode", help="Batch-norm mode while scoring (default: the method's)."),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[
-    Optional[str], typer.Option("--dtype", help="Scoring precision: float32 or float64 (SynFlow default).")
+    Optional[choices.ScoreDtype],
+    typer.Option("--dtype", help="Scoring precision (default: the method's; SynFlow float64)."),
 ]
+Temperature = Annotated[float, typer.Option("--temperature", help="GraSP's softmax temperature.")]
 Hessian = Annotated[
-    Optional[str],
+    Optional[choices.Hessian],
     typer.Option("--hessian", help="OBD's Hessian diagonal: exact (small models), hutchinson or fisher."),
 ]
 HutchinsonSamples = Annotated[
@@ -128,45 +280,31 @@ MaxParams = Annotated[
 ]
 
 
-def method_options(
-    hessian: str | None,
-    hutchinson_samples: int | None,
-    obd_first_order: bool,
-    fisher: bool,
-    max_params: int | None,
-) -> dict[str, object]:
-    """The method-specific options that were given (the methods supply their own defaults)."""
-    given = {"hessian": hessian, "hutchinson_samples": hutchinson_samples, "max_params": max_params}
-    options: dict[str, object] = {k: v for k, v in given.items() if v is not None}
-    if obd_first_order:
-        options["obd_first_order"] = True
-    if fisher:
-        options["fisher"] = True
-    return options
+# Selection options: SelectionOptions (`apply`, `prune`) ------------------------------------
 
-
-# Selection options, shared by `apply` and `prune`.
 OutputFolder = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 Sparsity = Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction to prune.")]
 Density = Annotated[Optional[float], typer.Option("--density", "-d", help="Fraction to keep.")]
 Scope = Annotated[
-    Optional[str],
-    typer.Option("--scope", help="global (one ranking), layer (per tensor) or row (per output row)."),
+    Optional[choices.Scope],
+    typer.Option(
+        "--scope",
+        help="global: one ranking; layer: per tensor; row: per output row "
+        "(default: layer with --allocation erk, else global).",
+    ),
 ]
 Allocation = Annotated[
-    str, typer.Option("--allocation", help="Per-layer densities: uniform or erk (layer scope).")
+    choices.Allocation, typer.Option("--allocation", help="Per-layer densities (erk: layer scope).")
 ]
 MinDensity = Annotated[float, typer.Option("--min-density", help="Floor on every tensor's density.")]
 Pattern = Annotated[
     Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4 (implies the sparsity).")
 ]
 Structure = Annotated[
-    Optional[str],
+    Optional[choices.Structure],
     typer.Option("--structure", help="Keep whole filters (output channels) or channels (input channels)."),
 ]
-Aggregate = Annotated[
-    str, typer.Option("--aggregate", help="Group score for --structure: l1, l2, mean or max.")
-]
+Aggregate = Annotated[choices.Aggregate, typer.Option("--aggregate", help="Group score for --structure.")]
 Shuffle = Annotated[
     bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity check).")
 ]

@@ -3,52 +3,49 @@
 from __future__ import annotations
 
 import shutil
-from typing import Annotated
-
-import typer
 
 from prunecli.cli import options as opt
-from prunecli.cli.apply_cmd import run_apply, selection_spec
+from prunecli.cli.apply_cmd import run_apply
 from prunecli.cli.output import RichProgress
-from prunecli.cli.score_cmd import compute, score_options
+from prunecli.cli.score_cmd import compute
 
 
 def prune(
     checkpoint: opt.Checkpoint,
-    method: Annotated[str, typer.Option("--method", "-m", help="Scoring method (see `prunecli methods`).")],
+    method: opt.Method,
     output: opt.OutputFolder,
     sparsity: opt.Sparsity = None,
     density: opt.Density = None,
     scope: opt.Scope = None,
-    allocation: opt.Allocation = "uniform",
-    min_density: opt.MinDensity = 0.0,
+    allocation: opt.Allocation = opt.SELECTION.allocation,
+    min_density: opt.MinDensity = opt.SELECTION.min_density,
     pattern: opt.Pattern = None,
     structure: opt.Structure = None,
-    aggregate: opt.Aggregate = "l1",
+    aggregate: opt.Aggregate = opt.SELECTION.aggregate,
     shuffle: opt.Shuffle = False,
     invert: opt.Invert = False,
     arch: opt.Arch = None,
     arch_args: opt.ArchArgs = None,
     data: opt.Data = None,
     input_shape: opt.InputShape = None,
-    batch_size: opt.BatchSize = 128,
-    num_batches: opt.NumBatches = 1,
+    batch_size: opt.BatchSize = opt.MODEL.batch_size,
+    num_batches: opt.NumBatches = opt.MODEL.num_batches,
     per_class: opt.PerClass = None,
     inputs_key: opt.InputsKey = None,
     labels_key: opt.LabelsKey = None,
     loss: opt.Loss = None,
     iterations: opt.Iterations = None,
-    schedule: opt.Schedule = "exp",
-    temperature: opt.Temperature = 200.0,
+    schedule: opt.Schedule = opt.MODEL.schedule,
+    temperature: opt.Temperature = opt.METHOD.temperature,
     bn_mode: opt.BnMode = None,
-    device: opt.Device = "auto",
+    device: opt.Device = opt.MODEL.device,
     dtype: opt.Dtype = None,
     hessian: opt.Hessian = None,
     hutchinson_samples: opt.HutchinsonSamples = None,
     obd_first_order: opt.ObdFirstOrder = False,
     fisher: opt.Fisher = False,
     max_params: opt.MaxParams = None,
-    seed: opt.Seed = 0,
+    seed: opt.Seed = opt.DEFAULT_SEED,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     force: opt.Force = False,
@@ -67,28 +64,21 @@ def prune(
     from prunecli.io.outputs import check_output_folder, create_temp_dir, existing_inputs
     from prunecli.scoring import get_method
 
+    given = locals()
+    model, method_options = opt.gather(opt.ModelOptions, given), opt.gather(opt.MethodOptions, given)
+    selection = opt.gather(opt.SelectionOptions, given)
     chosen = get_method(method)
-    inputs = checkpoint_files(checkpoint) + existing_inputs(arch, data)
+    inputs = checkpoint_files(checkpoint) + existing_inputs(model.arch, model.data)
     check_output_folder(output, force, inputs)  # early, before minutes of scoring
-    spec = selection_spec(
-        sparsity, density, scope, allocation, min_density, pattern, shuffle, invert, include, exclude,
-        structure=structure, aggregate=aggregate,
-    )  # fmt: skip
-    target = spec.density
-    options = score_options(
-        arch=arch, arch_args=arch_args, data=data, input_shape=input_shape, batch_size=batch_size,
-        num_batches=num_batches, per_class=per_class, inputs_key=inputs_key, labels_key=labels_key, loss=loss,
-        sparsity=1.0 - target if chosen.iterative else None, iterations=iterations,
-        schedule=schedule, temperature=temperature, bn_mode=bn_mode, device=device, dtype=dtype, seed=seed,
-        include=include, exclude=exclude,
-        method_options=opt.method_options(hessian, hutchinson_samples, obd_first_order, fisher, max_params),
-    )  # fmt: skip
+    spec = selection.spec()
     tmp = create_temp_dir(output)  # beside the output: removed below, or swept by a later run
     try:
         scores = tmp / "scores.safetensors"
         with RichProgress(quiet) as progress:
-            compute(checkpoint, chosen, scores, options, False, progress, quiet)
-        run_apply(checkpoint, output, spec, scores=scores, seed=seed, force=force, json_out=json_out,
+            compute(checkpoint, chosen, scores, model=model, method_options=method_options,
+                    sparsity=1.0 - spec.density if chosen.iterative else None, force=False,
+                    progress=progress, quiet=quiet)  # fmt: skip
+        run_apply(checkpoint, output, spec, scores=scores, seed=model.seed, force=force, json_out=json_out,
                   quiet=quiet, scores_label=f"(computed by prune: {chosen.name})", inputs=inputs)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

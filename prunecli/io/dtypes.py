@@ -87,7 +87,7 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         return (raw.astype(np.uint32) << 16).view(np.float32)
     raise UsageError(
         f"cannot score tensors of dtype {dtype}",
-        "exclude them with --exclude, or convert the checkpoint to bf16/fp16/fp32/fp64",
+        "exclude them with `exclude`, or convert the checkpoint to bf16/fp16/fp32/fp64",
     )
 
 
@@ -97,6 +97,6 @@ def finite_weights(raw: np.ndarray, dtype: str, name: str) -> np.ndarray:
     if weights.size and not (np.isfinite(weights.min()) and np.isfinite(weights.max())):
         raise ScoreError(
             f"weights of {name} contain NaN or infinite values",
-            "check the checkpoint (inspect) or exclude the tensor with --exclude",
+            "check the checkpoint (inspect) or exclude the tensor with `exclude`",
         )
     return weights

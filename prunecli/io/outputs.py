@@ -224,7 +224,7 @@ def refuse_overlap(output: Path, inputs: Iterable[Path], *, folder: bool) -> Non
             what = "is" if same else "contains"
             raise InputError(
                 f"output {output} {what} the input {source}: writing it would destroy the input",
-                "write to another path (--force never replaces an input)",
+                "write to another path (`force` never replaces an input)",
             )
     if folder and (out == Path.cwd().resolve() or out in Path.cwd().resolve().parents):
         raise InputError(
@@ -246,7 +246,7 @@ def guard_output_file(path: Path, force: bool, inputs: Iterable[Path] = ()) -> N
     if path.is_dir():
         raise InputError(f"output {path} is a directory", "name a file")
     if (path.exists() or path.is_symlink()) and not force:
-        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
+        raise OutputExistsError(f"{path} already exists", "pass `force` to overwrite it")
     if not path.absolute().parent.is_dir():
         raise InputError(f"output folder {path.absolute().parent} does not exist", "create it first")
 
@@ -265,12 +265,12 @@ def check_output_folder(path: Path, force: bool, inputs: Iterable[Path] = ()) ->
         return
     entries = sorted(entry.name for entry in os.scandir(path))
     if entries and not force:
-        raise OutputExistsError(f"output folder {path} is not empty", "pass --force to replace it")
+        raise OutputExistsError(f"output folder {path} is not empty", "pass `force` to replace it")
     foreign = [name for name in entries if name not in OUTPUT_FOLDER_FILES]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InputError(
-            f"output folder {path} holds files prunecli did not write ({shown}); --force replaces only "
+            f"output folder {path} holds files prunecli did not write ({shown}); `force` replaces only "
             "a previous prunecli output",
             "choose another folder, or move those files away first",
         )

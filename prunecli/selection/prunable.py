@@ -41,7 +41,8 @@ def prunable_names(
             names.append(name)
     for pattern in include:
         if not any(fnmatchcase(name, pattern) for name in tensors):
-            raise UsageError(f"--include {pattern!r} matches no tensor", "check the names with inspect")
+            raise UsageError(f"`include` {pattern!r} matches no tensor", "check the names with inspect",
+                             option="include", value=pattern)  # fmt: skip
     return names
 
 

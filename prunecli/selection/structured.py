@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from prunecli.errors import UsageError
+from prunecli.selection.spec import AGGREGATES
 from prunecli.selection.threshold import global_masks, keep_count, scores_to_keys, topk_mask
-
-STRUCTURES = ("filter", "channel")
-AGGREGATES = ("l1", "l2", "mean", "max")
 
 
 def _groups_first(scores: np.ndarray, structure: str) -> np.ndarray:
@@ -36,7 +34,8 @@ def group_scores(scores: np.ndarray, structure: str, aggregate: str) -> np.ndarr
         return matrix.mean(axis=1)
     if aggregate == "max":
         return matrix.max(axis=1)
-    raise UsageError(f"unknown --aggregate {aggregate!r}", f"choose one of: {', '.join(AGGREGATES)}")
+    raise UsageError(f"unknown `aggregate` {aggregate!r}", f"choose one of: {', '.join(AGGREGATES)}",
+                     option="aggregate", value=aggregate, allowed=AGGREGATES)  # fmt: skip
 
 
 def expand(keep: np.ndarray, shape: tuple[int, ...], structure: str) -> np.ndarray:

@@ -324,8 +324,10 @@ def nm_mask(keys: np.ndarray, n: int, m: int, name: str) -> np.ndarray:
     cols = keys.size // rows if rows else 0
     if cols % m:
         raise UsageError(
-            f"--pattern {n}:{m} needs the input dimension of {name} ({cols}) to be a multiple of {m}",
-            f"exclude it with --exclude '{name}'",
+            f"`pattern` {n}:{m} needs the input dimension of {name} ({cols}) to be a multiple of {m}",
+            f"exclude it with `exclude` '{name}'",
+            option="pattern",
+            value=(n, m),
         )
     groups = keys.reshape(rows, cols // m, m)  # (out, groups, m)
     order = np.argsort(groups, axis=-1, kind="stable")  # ascending key, ties by index
