@@ -2,7 +2,8 @@
 
 Vectors are reproduced in float64 through the public scoring functions, to 1e-6 relative with
 5e-7 absolute slack (they are printed to 6 significant digits), as in test_saliency_vectors.py.
-The end-to-end tests run each method through the CLI on real MNIST digits.
+The end-to-end tests run each method through the CLI on real MNIST digits: the 2,000 that ship
+with prunecli (the `mnist_train` fixture in conftest.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from prunecli.scoring.wanda import wanda_scores
 from tests.test_saliency_vectors import NAMES, X, Y, close, flat, masks_of, n0
 
 NEW_METHODS = ("snip-it", "obd", "exact", "taylor", "wanda")
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "train.npz"
 
 # §7 table
 EXACT = [0.401149, 1.525857, 0.115779, 0.187797, 1.203268, 0.462994, 0.433067, 0.224897, 0.558241, 0.646873]
@@ -298,10 +298,13 @@ def _context(model: nn.Module, names: list[str], batches: list, **options: objec
 
 
 def test_methods_read_their_options() -> None:
-    from prunecli.scoring import get_method
+    from prunecli.scoring import all_methods, get_method
+    from prunecli.scoring.options import build_options
 
-    def run(name: str, **options: object) -> np.ndarray:
-        return flat(get_method(name).model_scorer(_context(n0(), NAMES, [(X, Y)], **options)).scores)
+    def run(name: str, seed: int = 0, **options: object) -> np.ndarray:
+        method = get_method(name)
+        typed = build_options(method, options, {}, all_methods())  # as the score pipeline does
+        return flat(method.model_scorer(_context(n0(), NAMES, [(X, Y)], seed=seed), typed).scores)
 
     close(run("obd"), OBD)
     close(run("obd", obd_first_order=True), OBD_FIRST)
@@ -317,9 +320,7 @@ def test_methods_read_their_options() -> None:
         run("obd", max_params=4)
 
 
-# End to end through the CLI on real MNIST digits
-
-needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data/mnist")
+# End to end through the CLI on real MNIST digits (shipped with prunecli)
 
 
 @pytest.fixture(scope="module")
@@ -340,34 +341,33 @@ def tiny_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _prune(cli, checkpoint: Path, method: str, arch: list[str], out: Path, *extra: str):
-    return cli("prune", checkpoint, "-m", method, *arch, "--data", MNIST, "--batch-size", "32", "-s", "0.9",
+def _prune(cli, data: Path, checkpoint: Path, method: str, arch: list[str], out: Path, *extra: str):
+    return cli("prune", checkpoint, "-m", method, *arch, "--data", data, "--batch-size", "32", "-s", "0.9",
                "-o", out, "--json", *extra)  # fmt: skip
 
 
-@needs_mnist
 @pytest.mark.parametrize(
     ("method", "extra"), [("wanda", []), ("taylor", []), ("snip-it", ["--iterations", "5"])]
 )
-def test_prune_lenet_300_100(cli, lenet: Path, tmp_path: Path, method: str, extra: list[str]) -> None:
-    r = _prune(cli, lenet, method, ["--arch", "lenet-300-100"], tmp_path / "out", *extra)
+def test_prune_lenet_300_100(
+    cli, lenet: Path, tmp_path: Path, method: str, extra: list[str], mnist_train: Path
+) -> None:
+    r = _prune(cli, mnist_train, lenet, method, ["--arch", "lenet-300-100"], tmp_path / "out", *extra)
     assert r.code == 0, r.err
     manifest = json.loads(r.out)
     assert manifest["totals"]["kept"] == 26620  # round(0.1 · 266,200), iterative masks included
     assert all(0 < t["density"] < 1 for t in manifest["tensors"] if t["pruned"])
 
 
-@needs_mnist
 @pytest.mark.parametrize("method", ["exact", "obd"])
-def test_prune_tiny_mlp(cli, tiny_mlp: Path, tmp_path: Path, method: str) -> None:
+def test_prune_tiny_mlp(cli, tiny_mlp: Path, tmp_path: Path, method: str, mnist_train: Path) -> None:
     arch = ["--arch", "mlp", "--arch-args", '{"hidden": [8]}']
-    r = _prune(cli, tiny_mlp, method, arch, tmp_path / "out")
+    r = _prune(cli, mnist_train, tiny_mlp, method, arch, tmp_path / "out")
     assert r.code == 0, r.err
 
 
-@needs_mnist
-def test_obd_exact_refuses_lenet_300_100(cli, lenet: Path, tmp_path: Path) -> None:
-    r = _prune(cli, lenet, "obd", ["--arch", "lenet-300-100"], tmp_path / "out")
+def test_obd_exact_refuses_lenet_300_100(cli, lenet: Path, tmp_path: Path, mnist_train: Path) -> None:
+    r = _prune(cli, mnist_train, lenet, "obd", ["--arch", "lenet-300-100"], tmp_path / "out")
     assert r.code == 2 and "266,200 prunable weights" in r.err and "--hessian hutchinson" in r.err
 
 

@@ -1,1 +1,2 @@
-"""What the commands call: score, apply and the demo, each one call from Python."""
+"""What the commands call, each one call from Python: `score.score`, `apply.apply`,
+`prune.prune` (score and apply, the scores held in memory) and the demo's training."""

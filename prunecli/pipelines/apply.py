@@ -1,5 +1,7 @@
 """`apply`: stream a checkpoint through scoring and selection into masked outputs.
 
+`apply` is the one call behind `prunecli apply`: it opens the inputs and runs `apply_pruning`.
+
 For global scope, pass 1 keys a strided sample of every tensor and pass 2 counts against
 the sample's bounds (selection.find_threshold). The last pass reads each tensor once and
 writes `model.safetensors` and `masks.safetensors` as it goes: worker threads mask segments
@@ -10,6 +12,7 @@ memory-mapped views, so memory stays near the largest tensor whatever the model'
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +22,12 @@ from prunecli import __version__
 from prunecli.apply.isometry import isometry_refiner
 from prunecli.apply.plan import KeySource, plan_masks
 from prunecli.apply.write import write_pruned
-from prunecli.errors import InputError
+from prunecli.errors import InputError, UsageError
 from prunecli.io.checkpoints import Checkpoint
 from prunecli.io.manifest import FORMAT, MANIFEST_FILE, MASKS_FILE, MODEL_FILE, SCHEMA_VERSION, write_manifest
 from prunecli.io.outputs import output_folder
 from prunecli.progress import NoProgress, Progress
-from prunecli.scoring.registry import Method
+from prunecli.scoring.registry import Method, get_method
 from prunecli.selection.spec import SelectionSpec
 from prunecli.selection.threshold import (
     keep_count,
@@ -81,6 +84,13 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
     """
     progress = progress or NoProgress()
     req.spec.validate()
+    if req.scores is None and req.method is None:
+        raise UsageError("apply_pruning needs scores or a per-tensor method", "give scores=... or method=...")
+    if req.scores is None and req.method.needs_model:
+        raise UsageError(
+            f"apply_pruning scores tensor by tensor, but {req.method.name} needs a model",
+            "score it first (prunecli.pipelines.score.score) and give the scores, or use prune",
+        )
     if not req.names:
         raise InputError("no tensor is prunable", "choose tensors with --include GLOB")
     ckpt = req.checkpoint
@@ -148,3 +158,123 @@ def _manifest(
         "warnings": req.warnings + _floor_warnings(req.spec, prunable, kept) + _collapse_warnings(records),
         "files": {"model": MODEL_FILE, "masks": MASKS_FILE},
     }
+
+
+@dataclass
+class Applied:
+    """What `apply` and `prune` wrote: the manifest, and notes for the user (e.g. a stripped
+    `module.` prefix). The manifest's warnings (`warnings`) are for the user too."""
+
+    manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w["message"] for w in self.manifest["warnings"]]
+
+
+def apply(
+    checkpoint: Path | str,
+    output: Path | str,
+    spec: SelectionSpec,
+    *,
+    method: str | Method | None = None,
+    scores: Path | str | None = None,
+    seed: int = 0,
+    force: bool = False,
+    isometry: tuple[int, float] | None = None,
+    inputs: list[Path] | None = None,
+    progress: Progress | None = None,
+) -> Applied:
+    """Select masks and write `output/` (model.safetensors, masks.safetensors, manifest.json).
+
+    Args:
+        spec: the selection rule (`prunecli.selection.spec.SelectionSpec`).
+        method: a per-tensor method scored on the fly ("magnitude"), or
+        scores: a scores file from `score`; give exactly one of the two.
+        seed: for random scores, shuffling and the isometry fix.
+        force: replace an existing output folder (one that prunecli wrote).
+        isometry: (steps, learning rate) of the approximate-isometry fix, or None.
+        inputs: other input files the output must not replace.
+        progress: reports stages and steps; silent by default.
+
+    Returns:
+        The manifest (also written) and notes; `Applied.warnings` lists its warnings.
+
+    Example:
+        >>> from prunecli.selection.spec import SelectionSpec
+        >>> applied = apply("init.safetensors", "out", SelectionSpec(density=0.1), method="magnitude")
+        >>> applied.manifest["totals"]["sparsity"]
+        0.9
+    """
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.io.scores_file import open_scores
+
+    if (scores is None) == (method is None):
+        raise UsageError("give exactly one of --scores and --method", "e.g. --method magnitude")
+    chosen = get_method(method) if isinstance(method, str) else method
+    if chosen is not None and chosen.needs_model:
+        raise UsageError(
+            f"apply --method scores without a model, but {chosen.name} needs one",
+            f"use prunecli prune -m {chosen.name} --arch SPEC ..., or prunecli score then apply --scores",
+        )
+    with open_checkpoint(Path(checkpoint)) as ckpt:
+        score_file = open_scores(Path(scores), ckpt) if scores is not None else None
+        try:
+            manifest = apply_opened(
+                ckpt, Path(output), spec, method=chosen, scores=score_file,
+                scores_path=None if scores is None else Path(scores), seed=seed, force=force,
+                isometry=isometry, inputs=inputs, progress=progress,
+            )  # fmt: skip
+        finally:
+            if score_file is not None:
+                score_file.close()
+        return Applied(manifest, list(ckpt.notes))
+
+
+def apply_opened(
+    ckpt: Checkpoint,
+    output: Path,
+    spec: SelectionSpec,
+    *,
+    method: Method | None,
+    scores: Checkpoint | None,
+    scores_path: Path | None,
+    seed: int,
+    force: bool,
+    isometry: tuple[int, float] | None = None,
+    inputs: list[Path] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """`apply` on an open checkpoint and open scores (a file, or scores held in memory)."""
+    from prunecli.selection.prunable import is_excluded, prunable_names
+
+    if scores is not None:  # the scores name the candidates; exclude still applies
+        names = [n for n in scores.tensors if not is_excluded(n, spec.exclude)]
+    else:
+        names = prunable_names(ckpt.tensors, spec.include, spec.exclude)
+    name = method.name if method is not None else scores.metadata.get("method", "unknown")
+    request = ApplyRequest(
+        checkpoint=ckpt, names=names, spec=spec, out=output, method=method, scores=scores,
+        scores_path=scores_path, method_name=name, seed=seed, force=force, isometry=isometry,
+        inputs=list(inputs or []),
+    )  # fmt: skip
+    if scores is not None:
+        describe_scores(request, scores.metadata)
+    return apply_pruning(request, progress)
+
+
+def describe_scores(request: ApplyRequest, metadata: dict[str, str]) -> None:
+    """Carry the scores' provenance into the manifest, and warn on a target mismatch."""
+    request.method_params = json.loads(metadata.get("params") or "{}")
+    request.data_fingerprint = metadata.get("data_fingerprint") or None
+    request.arch = metadata.get("arch") or None
+    scored_at = metadata.get("sparsity")
+    target = 1.0 - request.spec.density
+    if scored_at and abs(float(scored_at) - target) > 1e-9:
+        request.warnings.append({
+            "kind": "sparsity_mismatch",
+            "tensor": None,
+            "message": f"the {metadata.get('method')} scores were computed for sparsity "
+            f"{float(scored_at):g}, applied at {target:g}: iterative masks are exact only at their own",
+        })  # fmt: skip

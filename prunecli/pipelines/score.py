@@ -1,14 +1,18 @@
-"""Model-based scoring end to end: checkpoint + architecture + data -> float32 scores.
+"""Scoring end to end: checkpoint (+ architecture + data) -> float32 scores, higher = keep.
 
-The library side of `score` for SNIP, GraSP, SynFlow, FORCE and Iter-SNIP: build the model
-from its spec, load the checkpoint into it, move model and batches to the device, set the
-batch-norm mode, run the method, and bring the scores back to the CPU once.
+`score` is the one call behind `prunecli score`. A per-tensor method (magnitude, random, LAMP)
+scores the checkpoint tensor by tensor; a model-based one (`Method.needs_model`) gets a live
+model: built from its spec, loaded from the checkpoint, moved with its batches to the device,
+in the method's batch-norm mode (`run_method`). Either way the scores stream out one tensor at a
+time (`scored`), into a file here or into memory for `prune`. The path is picked from the
+method's declarations (`prunecli.scoring.registry.Method`), never from its name.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,31 +20,39 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prunecli import __version__
-from prunecli.errors import InputError, ScoreError, UsageError
-from prunecli.scoring.registry import Method
+from prunecli.errors import ScoreError, UsageError
+from prunecli.io.scores_file import SCORES_FORMAT
+from prunecli.pipelines.loading import (
+    calibration_of,
+    check_fit,
+    input_shape_of,
+    load_model,
+    resolve_device,
+)
+from prunecli.progress import NoProgress, Progress
+from prunecli.scoring.options import MethodOptions, build_options, check_keys
+from prunecli.scoring.registry import Method, all_methods, get_method
 
 if TYPE_CHECKING:
-    import torch
-
     from prunecli.calibration.context import ScoreResult
     from prunecli.calibration.data import Calibration
     from prunecli.io.checkpoints import Checkpoint
 
-DEFAULT_ITERATIONS = {"synflow": 100, "force": 10, "iter-snip": 10, "snip-it": 5}
-# options that change a method's result, with their defaults: recorded in the scores' params
-RECORDED_OPTIONS = {
-    "obd": {"hessian": "exact", "obd_first_order": False},
-    "taylor": {"fisher": False},
-}
+__all__ = ["ScoreRequest", "ScoredModel", "ScoresWritten", "resolve_device", "run_method", "score", "scored"]
 
 
 @dataclass
 class ScoreRequest:
-    """Everything a model-based method needs; see `prunecli score --help`."""
+    """Everything a method needs; see `prunecli score --help`.
+
+    `iterations`, `schedule` and `temperature` go to the methods that declare them (None: the
+    method's default); `options` holds method-specific options ({"hessian": "fisher"}), refused
+    by methods that do not take them.
+    """
 
     checkpoint: Path
     method: Method
-    arch: str
+    arch: str | None
     arch_args: dict[str, Any] = field(default_factory=dict)
     data: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -52,15 +64,15 @@ class ScoreRequest:
     loss: str | None = None
     density: float | None = None
     iterations: int | None = None
-    schedule: str = "exp"
-    temperature: float = 200.0
+    schedule: str | None = "exp"
+    temperature: float | None = 200.0
     bn_mode: str | None = None
     device: str = "auto"
     dtype: str | None = None
     seed: int = 0
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)  # method-specific (see ScoringContext)
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific, see Method.options
 
 
 @dataclass
@@ -73,39 +85,181 @@ class ScoredModel:
     notes: list[str]
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without it is a usage error."""
-    import torch
+@dataclass
+class ScoresWritten:
+    """What `score` wrote: the file, its string metadata, the scored tensors and notes for the user."""
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} was asked for but CUDA is not available", "use --device cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown --device {name!r}", "use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)", "pick another")
-    return device
+    path: Path
+    metadata: dict[str, str]
+    names: list[str]
+    notes: list[str]
 
 
-OPTION_METHODS = {  # method-specific options, and the methods that use them
-    "hessian": ("obd",),
-    "hutchinson_samples": ("obd",),
-    "obd_first_order": ("obd",),
-    "fisher": ("taylor",),
-    "max_params": ("obd", "exact"),
-}
+def score(
+    checkpoint: Path | str,
+    method: str | Method,
+    output: Path | str,
+    *,
+    arch: str | None = None,
+    arch_args: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    batch_size: int = 128,
+    num_batches: int = 1,
+    per_class: int | None = None,
+    inputs_key: str | None = None,
+    labels_key: str | None = None,
+    loss: str | None = None,
+    sparsity: float | None = None,
+    iterations: int | None = None,
+    schedule: str | None = None,
+    temperature: float | None = None,
+    bn_mode: str | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    seed: int = 0,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ScoresWritten:
+    """Score every prunable tensor of `checkpoint` with `method` and write the scores file.
+
+    Args:
+        method: a registered name ("snip") or a `Method`.
+        output: the scores file, ending in .safetensors; refused if it exists, unless `force`.
+        arch, arch_args, data, input_shape, batch_size, num_batches, per_class, inputs_key,
+            labels_key, loss, bn_mode, device, dtype: the model and data of a model-based
+            method (see `prunecli score --help`); None means the method's default.
+        sparsity: the target of iterative methods (refused by the others).
+        iterations, schedule, temperature: for the methods that declare them; None: default.
+        options: method-specific options, e.g. {"hessian": "hutchinson"} for OBD.
+        include, exclude: globs that add or remove prunable tensors.
+        progress: reports stages and steps (`prunecli.progress.Progress`); silent by default.
+
+    Returns:
+        The path, the metadata written into the file, the scored names, and notes for the
+        user (e.g. a stripped `module.` prefix).
+
+    Example:
+        >>> from prunecli.pipelines.score import score
+        >>> written = score("init.safetensors", "snip", "snip.safetensors",
+        ...                 arch="lenet-300-100", data="random:1x28x28")
+        >>> written.metadata["method"]
+        'snip'
+    """
+    from prunecli.io.checkpoints import checkpoint_files
+    from prunecli.io.outputs import existing_inputs, guard_output_file, require_suffix
+    from prunecli.io.scores_file import write_scores
+
+    output = Path(output)
+    request = score_request(
+        checkpoint, method, arch=arch, arch_args=arch_args, data=data, input_shape=input_shape,
+        batch_size=batch_size, num_batches=num_batches, per_class=per_class, inputs_key=inputs_key,
+        labels_key=labels_key, loss=loss, sparsity=sparsity, iterations=iterations, schedule=schedule,
+        temperature=temperature, bn_mode=bn_mode, device=device, dtype=dtype, seed=seed,
+        include=include, exclude=exclude, options=options,
+    )  # fmt: skip
+    require_suffix(output, ".safetensors", "scores file")
+    inputs = checkpoint_files(request.checkpoint) + existing_inputs(arch, data)
+    guard_output_file(output, force, inputs)  # early, before minutes of scoring
+    with scored(request, progress) as result:
+        write_scores(output, result.entries, result.scores, result.metadata, force, inputs)
+    return ScoresWritten(output, result.metadata, [n for n, _ in result.entries], result.notes)
 
 
-def _validate(req: ScoreRequest) -> None:
+def score_request(
+    checkpoint: Path | str,
+    method: str | Method,
+    *,
+    arch: str | None = None,
+    sparsity: float | None = None,
+    arch_args: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> ScoreRequest:
+    """The ScoreRequest of `score`'s arguments (`settings`: the ScoreRequest fields by name)."""
+    chosen = get_method(method) if isinstance(method, str) else method
+    if sparsity is not None and chosen.needs_model and not 0.0 <= sparsity <= 1.0:
+        raise UsageError(
+            f"--sparsity {sparsity} is outside [0, 1]", "give --sparsity as a fraction, e.g. 0.9"
+        )
+    return ScoreRequest(
+        checkpoint=Path(checkpoint),
+        method=chosen,
+        arch=arch,
+        arch_args=dict(arch_args or {}),
+        input_shape=None if input_shape is None else tuple(input_shape),
+        density=None if sparsity is None else 1.0 - sparsity,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        options=dict(options or {}),
+        **settings,
+    )
+
+
+@contextmanager
+def scored(req: ScoreRequest, progress: Progress | None = None) -> Iterator[ScoredModel]:
+    """The method's scores as a stream, by the path its declarations pick.
+
+    A per-tensor method streams from the open checkpoint, so the stream is valid inside the
+    block only; a model-based method runs first (`run_method`).
+    """
+    progress = progress or NoProgress()
+    if req.method.needs_model:
+        yield run_method(req, progress)
+        return
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.selection.prunable import prunable_names
+
+    if req.density is not None:
+        raise UsageError(f"{req.method.name} takes no --sparsity at score time", "give the sparsity to apply")
+    options = build_options(req.method, req.options, {}, all_methods())
+    with open_checkpoint(req.checkpoint) as ckpt:
+        names = prunable_names(ckpt.tensors, req.include, req.exclude)
+        metadata = {
+            "format": SCORES_FORMAT,
+            "method": req.method.name,
+            "params": json.dumps(options.params()),
+            "seed": str(req.seed),
+            "source_sha256": ckpt.sha256(),
+            "prunecli_version": __version__,
+        }
+        progress.stage(f"scoring ({req.method.name})", len(names))
+        stream = tensor_scores(ckpt, names, req.method, req.seed, progress)
+        entries = [(n, ckpt.tensors[n].shape) for n in names]
+        yield ScoredModel(stream, entries, metadata, list(ckpt.notes))
+
+
+def tensor_scores(
+    ckpt: Checkpoint, names: list[str], method: Method, seed: int, progress: Progress
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Float32 scores of a per-tensor method, one tensor at a time; NaN or Inf is a ScoreError."""
+    from prunecli.io.dtypes import finite_weights
+
+    for name in names:
+        weights = finite_weights(ckpt.read(name), ckpt.tensors[name].dtype, name)
+        scores = method.scorer(name, weights, seed, None)
+        if not np.isfinite(scores).all():
+            raise ScoreError(
+                f"scores of {name} contain NaN or infinite values", "check the checkpoint for NaN/Inf weights"
+            )
+        yield name, scores.astype(np.float32, copy=False)
+        progress.advance()
+
+
+def _validate(req: ScoreRequest) -> MethodOptions:
+    """Check a model-based request once, at the edge; return the method's typed options."""
     m = req.method
-    for option in req.options:
-        users = OPTION_METHODS.get(option, (m.name,))
-        if m.name not in users:
-            flag = "--" + option.replace("_", "-")
-            raise UsageError(f"{flag} applies to {' and '.join(users)}, not {m.name}", f"drop {flag}")
+    if req.arch is None:
+        raise UsageError(f"{m.name} needs a model", "add --arch (e.g. --arch lenet-300-100)")
+    check_keys(m, req.options, all_methods())
+    if m.returns == "weights":
+        raise UsageError(f"{m.name} returns updated weights, which no pipeline applies yet", "use a scorer")
     if m.data == "batches" and req.data is None:
         raise UsageError(f"{m.name} needs calibration data", "add --data FILE (or --data random:SHAPE)")
     if m.iterative and req.density is None:
@@ -118,164 +272,63 @@ def _validate(req: ScoreRequest) -> None:
         raise UsageError(f"unknown --bn-mode {req.bn_mode!r}", "use eval or train")
     if req.dtype not in (None, "float32", "float64"):
         raise UsageError(f"unknown --dtype {req.dtype!r}", "use float32 or float64")
-    if req.temperature <= 0:
+    if req.temperature is not None and req.temperature <= 0:
         raise UsageError(f"--temperature {req.temperature} must be positive", "GraSP uses 200")
     if req.batch_size < 1 or req.num_batches < 1:
         raise UsageError("--batch-size and --num-batches must be at least 1", "e.g. --batch-size 100")
+    shared = {"iterations": req.iterations, "schedule": req.schedule, "temperature": req.temperature}
+    return build_options(m, req.options, shared, all_methods())
 
 
-def _load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]]:
-    """The model with the checkpoint's weights, its prunable names, and notes for the user.
-
-    The checkpoint is checked against the model from its header alone, then copied in tensor
-    by tensor, so loading holds the model plus one tensor, not two copies of the model.
-    """
-    import torch
-
-    from prunecli.io.checkpoints import open_checkpoint
-    from prunecli.io.torch_files import torch_dtype
-    from prunecli.models import check_weights, resolve_model
-    from prunecli.selection.prunable import prunable_names
-
-    model = resolve_model(req.arch, req.arch_args)
-    with open_checkpoint(req.checkpoint) as ckpt:
-        shapes = {
-            n: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device="meta")
-            for n, i in ckpt.tensors.items()
-        }
-        check_weights(model, shapes, str(req.checkpoint))
-        state = model.state_dict()
-        with torch.no_grad():
-            for name, info in ckpt.tensors.items():
-                _copy_into(state[name], ckpt, name, info.dtype)
-                if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
-                    raise ScoreError(
-                        f"weights of {name} contain NaN or infinite values", "check the checkpoint"
-                    )
-        names = prunable_names(ckpt.tensors, req.include, req.exclude)
-        notes = list(ckpt.notes)
-    parameters = dict(model.named_parameters())
-    names = [n for n in names if n in parameters]
-    if not names:
-        raise InputError("no prunable parameter in the model", "choose them with --include GLOB")
-    return model, names, notes
-
-
-def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) -> None:
-    """Read a checkpoint tensor straight into the model's storage when the dtypes agree
-    (no intermediate copy), else through a temporary cast by `copy_`."""
-    import torch
-
-    from prunecli.io.torch_files import raw_to_torch, torch_dtype
-
-    if target.device.type == "cpu" and target.is_contiguous() and target.dtype == torch_dtype(dtype):
-        ckpt.read(name, target.view(-1).view(torch.uint8).numpy())  # fills target's bytes
-    else:
-        target.copy_(raw_to_torch(ckpt.read(name), dtype))
-
-
-def _calibration(req: ScoreRequest, model: torch.nn.Module) -> Calibration | None:
-    from prunecli.calibration.data import load_calibration
-
-    if req.data is None:
-        return None
-    return load_calibration(
-        req.data, batch_size=req.batch_size, num_batches=req.num_batches, per_class=req.per_class,
-        seed=req.seed, inputs_key=req.inputs_key, labels_key=req.labels_key,
-    )  # fmt: skip
-
-
-def _check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
-    """Run one forward pass; inputs that the model rejects are a clear input error."""
-    import torch
-
-    mode = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(inputs[:2])
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:150]
-        raise InputError(
-            f"inputs of shape {list(inputs.shape[1:])} do not fit the model ({reason})",
-            "check --data / --input-shape against --arch",
-        ) from None
-    finally:
-        model.train(mode)
-    if out.ndim != 2:
-        raise InputError(
-            f"the model's output has shape {list(out.shape)}, not (batch, classes)",
-            "use a classifier",
-        )
-    return out.shape[1]
-
-
-def _input_shape(req: ScoreRequest, calibration: Calibration | None) -> tuple[int, ...]:
-    from prunecli.models import default_input_shape
-
-    shape = req.input_shape or (
-        calibration.example_shape if calibration else default_input_shape(req.arch, req.arch_args)
-    )
-    if shape is None:
-        raise UsageError(f"{req.method.name} needs an input shape", "add --input-shape, e.g. 3x32x32")
-    return tuple(shape)
-
-
-def run_method(req: ScoreRequest, progress: object = None) -> ScoredModel:
+def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredModel:
     """Score with a model-based method; the scores stream out of `ScoredModel.scores`."""
     import torch
 
     from prunecli.calibration.context import ScoringContext
     from prunecli.calibration.data import check_labels
     from prunecli.calibration.losses import check_loss, default_loss
-    from prunecli.progress import NoProgress
 
-    _validate(req)
+    method = req.method
+    options = _validate(req)
     device = resolve_device(req.device)
-    precision = req.dtype or ("float64" if req.method.float64 else "float32")
+    precision = req.dtype or method.default_dtype or "float32"
     dtype = torch.float64 if precision == "float64" else torch.float32
-    model, names, notes = _load_model(req)
+    model, names, notes = load_model(req)
     model.to(device=device, dtype=dtype).requires_grad_(False)
-    calibration = _calibration(req, model)
+    calibration = calibration_of(req)
     batches = []
     if calibration is not None:
         batches = [(x.to(device, dtype), None if y is None else y.to(device)) for x, y in calibration.batches]
-    shape = _input_shape(req, calibration)
+    shape = input_shape_of(req, calibration)
     probe = batches[0][0] if batches else torch.ones((1, *shape), dtype=dtype, device=device)
-    outputs = _check_fit(model, probe)
+    outputs = check_fit(model, probe)
     if calibration is not None:
         check_labels(calibration, outputs)
     has_labels = bool(batches) and batches[0][1] is not None
     loss = req.loss or default_loss(has_labels)
-    if req.method.data == "batches":
+    if method.data == "batches":
         check_loss(loss, has_labels)
-    bn_mode = req.bn_mode or req.method.bn_mode
+    bn_mode = req.bn_mode or method.bn_mode
     model.train(bn_mode == "train")
-    iterations = req.iterations or DEFAULT_ITERATIONS.get(req.method.name, 1)
     ctx = ScoringContext(
         model=model, names=names, batches=batches, loss=loss, input_shape=shape, density=req.density,
-        iterations=iterations, schedule=req.schedule, temperature=req.temperature,
-        progress=progress or NoProgress(), options={**req.options, "seed": req.seed},
+        progress=progress or NoProgress(), options={"seed": req.seed},
     )  # fmt: skip
-    result = req.method.model_scorer(ctx)
+    result = method.model_scorer(ctx, options)
+    if method.returns == "masks" and result.masks is None:
+        raise ScoreError(f"{method.name} returns masks, but its scorer gave none", "fix the method's scorer")
     params: dict[str, Any] = {"bn_mode": bn_mode, "dtype": precision, "device": device.type}
-    if req.method.data == "batches" and req.method.name != "wanda":
+    if method.data == "batches" and method.labels != "unused":
         params["loss"] = loss
-    if req.method.name == "grasp":
-        params["temperature"] = req.temperature
-    if req.method.iterative:
-        schedule = "snip-it" if req.method.name == "snip-it" else req.schedule
-        params.update(iterations=iterations, schedule=schedule, sparsity=round(1 - req.density, 12))
-    params.update(
-        {k: req.options.get(k, default) for k, default in RECORDED_OPTIONS.get(req.method.name, {}).items()}
-    )
-    if params.get("hessian") == "hutchinson":
-        params["hutchinson_samples"] = req.options.get("hutchinson_samples", 100)
+    params.update(options.params())
+    if method.iterative:
+        params["sparsity"] = round(1 - req.density, 12)
     if req.arch_args:
         params["arch_args"] = req.arch_args
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in result.scores}
     entries = [(n, shapes[n]) for n in result.scores]
-    return ScoredModel(float32_scores(result), entries, _metadata(req, params, calibration), notes)
+    scores = float32_scores(result, masks=method.returns == "masks")
+    return ScoredModel(scores, entries, _metadata(req, params, calibration), notes)
 
 
 def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibration | None) -> dict[str, str]:
@@ -283,7 +336,7 @@ def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibratio
     from prunecli.io.checkpoints import sha256_of_files
 
     metadata = {
-        "format": "prunecli.scores",
+        "format": SCORES_FORMAT,
         "method": req.method.name,
         "params": json.dumps(params, sort_keys=True),
         "seed": str(req.seed),
@@ -298,17 +351,19 @@ def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibratio
     return metadata
 
 
-def float32_scores(result: ScoreResult) -> Iterator[tuple[str, np.ndarray]]:
+def float32_scores(result: ScoreResult, masks: bool | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Scores on the CPU as float32, one tensor at a time (higher = keep).
 
     float64 scores are divided by their largest magnitude first (the ranking is unchanged;
-    float32 could not hold SynFlow's range). For iterative methods the final mask is
-    encoded: kept weights score in [0, 1], pruned ones −1, so `apply` at the same sparsity
-    reproduces the method's own final mask exactly. NaN or infinite scores raise ScoreError.
+    float32 could not hold SynFlow's range). For a method that returns masks (`masks=True`;
+    None: whenever the result has masks) the final mask is encoded: kept weights score in
+    [0, 1], pruned ones −1, so `apply` at the same sparsity reproduces the method's own final
+    mask exactly. NaN or infinite scores raise ScoreError.
     """
     import torch
 
-    scores, masks = result.scores, result.masks
+    scores = result.scores
+    masks = result.masks if masks is None or masks else None
     first = next(iter(scores))
     scale = None
     if masks is not None:

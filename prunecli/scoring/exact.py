@@ -15,8 +15,10 @@ nearby values: in float32 it resolves |ΔL| only to about 1e-7·L, so small sali
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import MethodOptions, check_counts, option
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
@@ -28,6 +30,19 @@ DEFAULT_MAX_PARAMS = 1_000_000
 CPU_CHUNK = 64
 MAX_CHUNK = 1024
 PROBE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ExactOptions(MethodOptions):
+    """`max_params`: the most weights accepted (one forward pass each); `chunk_size`: perturbed
+    copies evaluated together (None: by the device). Neither changes the scores, so neither is
+    recorded."""
+
+    max_params: int = option(DEFAULT_MAX_PARAMS, recorded=False)
+    chunk_size: int | None = option(None, recorded=False)
+
+    def __post_init__(self) -> None:
+        check_counts(max_params=self.max_params)
 
 
 def exact_scores(
@@ -189,38 +204,22 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def check_counts(**values: int) -> None:
-    """Refuse counts below 1 (`max_params=0` names the flag --max-params)."""
-    from prunecli.errors import UsageError
-
-    for key, value in values.items():
-        if value < 1:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{flag} {value} must be at least 1", f"give {flag} a positive count")
-
-
-def method_option(ctx: ScoringContext, key: str, default: Any) -> Any:
-    """`ctx.options[key]`, or `default` where the option (or the options field) is absent."""
-    value = (getattr(ctx, "options", None) or {}).get(key)
-    return default if value is None else value
-
-
 @register_model_method(
     "exact",
     summary="|L(θ) − L(θ without θ_j)|: the measured loss change of removing each weight (oracle)",
     paper="Molchanov et al. 2017 (ICLR), the oracle criterion",
-    needs="--arch and --data (labels optional); one forward pass per weight (--max-params)",
     data="batches",
+    labels="optional",
     bn_mode="eval",
+    options=ExactOptions,
+    requirements=("one forward pass per weight (--max-params)",),
 )
-def exact_method(ctx: ScoringContext) -> ScoreResult:
+def exact_method(ctx: ScoringContext, options: ExactOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
     return ScoreResult(
         exact_scores(
             ctx.model, ctx.names, ctx.batches, ctx.loss,
-            max_params=method_option(ctx, "max_params", DEFAULT_MAX_PARAMS),
-            chunk_size=method_option(ctx, "chunk_size", None),
-            progress=ctx.progress,
+            max_params=options.max_params, chunk_size=options.chunk_size, progress=ctx.progress,
         )
     )  # fmt: skip

@@ -11,14 +11,23 @@ The reference scores in train mode. Higher = keep.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import IterativeOptions
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
     import torch
 
     from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
+
+
+@dataclass(frozen=True)
+class ForceOptions(IterativeOptions):
+    """FORCE and Iter-SNIP: 10 exponential steps by default (methods.md §5)."""
+
+    iterations: int = 10
 
 
 def iterative_snip_scores(
@@ -55,15 +64,15 @@ def iterative_snip_scores(
     return scores, masks
 
 
-def _run(ctx: ScoringContext, revive: bool) -> ScoreResult:
+def _run(ctx: ScoringContext, options: ForceOptions, revive: bool) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage(
-        f"{'FORCE' if revive else 'Iter-SNIP'}: steps × batches", ctx.iterations * len(ctx.batches)
+        f"{'FORCE' if revive else 'Iter-SNIP'}: steps × batches", options.iterations * len(ctx.batches)
     )
     scores, masks = iterative_snip_scores(
-        ctx.model, ctx.names, ctx.batches, ctx.density, ctx.iterations,
-        revive=revive, schedule=ctx.schedule, loss=ctx.loss, progress=ctx.progress,
+        ctx.model, ctx.names, ctx.batches, ctx.density, options.iterations,
+        revive=revive, schedule=options.schedule, loss=ctx.loss, progress=ctx.progress,
     )  # fmt: skip
     return ScoreResult(scores, masks)
 
@@ -72,23 +81,27 @@ def _run(ctx: ScoringContext, revive: bool) -> ScoreResult:
     "force",
     summary="iterative |θ₀⊙∇L(θ₀⊙m)|: pruned weights may be revived",
     paper="de Jorge et al. 2021 (ICLR)",
-    needs="--arch and --data (labels optional); --sparsity at score time",
     data="batches",
+    labels="optional",
     bn_mode="train",
     iterative=True,
+    returns="masks",
+    options=ForceOptions,
 )
-def force_method(ctx: ScoringContext) -> ScoreResult:
-    return _run(ctx, revive=True)
+def force_method(ctx: ScoringContext, options: ForceOptions) -> ScoreResult:
+    return _run(ctx, options, revive=True)
 
 
 @register_model_method(
     "iter-snip",
     summary="iterative SNIP on the masked network: masks only shrink",
     paper="de Jorge et al. 2021 (ICLR)",
-    needs="--arch and --data (labels optional); --sparsity at score time",
     data="batches",
+    labels="optional",
     bn_mode="train",
     iterative=True,
+    returns="masks",
+    options=ForceOptions,
 )
-def iter_snip_method(ctx: ScoringContext) -> ScoreResult:
-    return _run(ctx, revive=False)
+def iter_snip_method(ctx: ScoringContext, options: ForceOptions) -> ScoreResult:
+    return _run(ctx, options, revive=False)

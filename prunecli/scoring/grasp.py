@@ -9,8 +9,11 @@ normalisation by |ΣS| leaves the ranking as is, so raw θ⊙Hg is returned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.errors import UsageError
+from prunecli.scoring.options import MethodOptions
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
@@ -19,12 +22,26 @@ if TYPE_CHECKING:
     from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 
+DEFAULT_TEMPERATURE = 200.0
+
+
+@dataclass(frozen=True)
+class GraspOptions(MethodOptions):
+    """`temperature`: the logits are divided by it before the loss (200 in the reference)."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature {self.temperature} must be positive", "GraSP uses 200")
+
+
 def grasp_scores(
     model: torch.nn.Module,
     names: list[str],
     batches: list[Batch],
     loss: str = "ce",
-    temperature: float = 200.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     progress: object = None,
 ) -> dict[str, torch.Tensor]:
     """Keep-scores +θ⊙Hg summed over `batches` (higher = keep)."""
@@ -58,14 +75,15 @@ def grasp_scores(
     "grasp",
     summary="θ⊙Hg: keep weights whose removal would most reduce gradient flow (T=200)",
     paper="Wang et al. 2020 (ICLR)",
-    needs="--arch and --data (labels optional)",
     data="batches",
+    labels="optional",
     bn_mode="train",
+    options=GraspOptions,
 )
-def grasp_method(ctx: ScoringContext) -> ScoreResult:
+def grasp_method(ctx: ScoringContext, options: GraspOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("GraSP: Hessian-gradient products", 2 * len(ctx.batches))
     return ScoreResult(
-        grasp_scores(ctx.model, ctx.names, ctx.batches, ctx.loss, ctx.temperature, ctx.progress)
+        grasp_scores(ctx.model, ctx.names, ctx.batches, ctx.loss, options.temperature, ctx.progress)
     )

@@ -17,7 +17,6 @@ from prunecli.scoring.registry import register
     "lamp",
     summary="w² / (sum of w² of the weights at least as large): layer-adaptive magnitude",
     paper="Lee et al. 2021 (ICLR)",
-    needs="checkpoint only",
 )
 def lamp_scores(name: str, weights: np.ndarray, seed: int, out: np.ndarray | None = None) -> np.ndarray:
     """LAMP scores in float32 (sums accumulated in float64); ties ordered by flat index."""

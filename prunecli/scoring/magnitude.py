@@ -35,7 +35,6 @@ def magnitude_keys(raw: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray |
     "magnitude",
     summary="|θ|: keep the largest weights",
     paper="Han et al. 2015 (NeurIPS)",
-    needs="checkpoint only",
     keys=magnitude_keys,
 )
 def magnitude_scores(name: str, weights: np.ndarray, seed: int, out: np.ndarray | None = None) -> np.ndarray:

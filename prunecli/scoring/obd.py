@@ -19,8 +19,10 @@ Needs calibration batches (labels optional). Eval mode.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prunecli.scoring.options import MethodOptions, check_counts, option
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
@@ -31,6 +33,31 @@ if TYPE_CHECKING:
 HESSIANS = ("exact", "hutchinson", "fisher")
 DEFAULT_SAMPLES = 100
 DEFAULT_EXACT_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class ObdOptions(MethodOptions):
+    """How OBD gets its Hessian diagonal (see the module's docstring).
+
+    Recorded: `hessian`, `obd_first_order`, and `hutchinson_samples` with the Hutchinson
+    estimate only. Not recorded: `max_params` and `chunk_size` (they never change the scores).
+    """
+
+    hessian: str = "exact"
+    hutchinson_samples: int = DEFAULT_SAMPLES
+    first_order: bool = option(False, key="obd_first_order")
+    max_params: int = option(DEFAULT_EXACT_LIMIT, recorded=False)
+    chunk_size: int | None = option(None, recorded=False)
+
+    def __post_init__(self) -> None:
+        _check_hessian(self.hessian)
+        check_counts(hutchinson_samples=self.hutchinson_samples, max_params=self.max_params)
+
+    def params(self) -> dict[str, Any]:
+        recorded = super().params()
+        if self.hessian != "hutchinson":
+            del recorded["hutchinson_samples"]
+        return recorded
 
 
 def obd_scores(
@@ -87,7 +114,7 @@ def hessian_diagonal(
 ) -> dict[str, torch.Tensor]:
     """H_jj of the loss averaged over `batches`, for each named weight (see `obd_scores`)."""
     from prunecli.progress import NoProgress
-    from prunecli.scoring.exact import check_counts, vmappable
+    from prunecli.scoring.exact import vmappable
     from prunecli.scoring.taylor import empirical_fisher
 
     progress = progress or NoProgress()
@@ -217,28 +244,26 @@ def _too_many(total: int, max_params: int) -> Exception:
     "obd",
     summary="½θ²H_jj: Optimal Brain Damage (exact, Hutchinson or Fisher Hessian diagonal)",
     paper="LeCun et al. 1990 (NeurIPS)",
-    needs="--arch and --data (labels optional); --hessian exact|hutchinson|fisher",
     data="batches",
+    labels="optional",
     bn_mode="eval",
+    options=ObdOptions,
+    requirements=(f"--hessian {'|'.join(HESSIANS)}",),
 )
-def obd_method(ctx: ScoringContext) -> ScoreResult:
+def obd_method(ctx: ScoringContext, options: ObdOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
-    from prunecli.scoring.exact import method_option
+    from prunecli.scoring.options import context_seed
     from prunecli.scoring.taylor import fisher_chunks
 
-    hessian = method_option(ctx, "hessian", "exact")
-    first_order = bool(method_option(ctx, "obd_first_order", False))
-    samples = method_option(ctx, "hutchinson_samples", DEFAULT_SAMPLES)
-    chunk = method_option(ctx, "chunk_size", None)
+    hessian, first_order, chunk = options.hessian, bool(options.first_order), options.chunk_size
     total = sum(p.numel() for n, p in ctx.model.named_parameters() if n in set(ctx.names))
     steps = fisher_chunks(ctx.batches, chunk, total) if hessian == "fisher" else (
-        progress_steps(hessian, ctx.batches, total, samples, chunk)
+        progress_steps(hessian, ctx.batches, total, options.hutchinson_samples, chunk)
     )  # fmt: skip
     ctx.progress.stage(f"OBD: Hessian diagonal ({hessian})", steps + first_order * len(ctx.batches))
     scores = obd_scores(
         ctx.model, ctx.names, ctx.batches, ctx.loss, hessian=hessian, first_order=first_order,
-        samples=samples, seed=method_option(ctx, "seed", 0),
-        max_params=method_option(ctx, "max_params", DEFAULT_EXACT_LIMIT), chunk_size=chunk,
-        progress=ctx.progress,
+        samples=options.hutchinson_samples, seed=context_seed(ctx), max_params=options.max_params,
+        chunk_size=chunk, progress=ctx.progress,
     )  # fmt: skip
     return ScoreResult(scores)

@@ -25,7 +25,7 @@ def tensor_rng(seed: int, name: str, purpose: int = 0) -> np.random.Generator:
     "random",
     summary="i.i.d. normal scores (seeded): the sanity baseline",
     paper="Tanaka et al. 2020 (NeurIPS), baseline",
-    needs="checkpoint only (shapes)",
+    reads="shapes",
 )
 def random_scores(name: str, weights: np.ndarray, seed: int, out: np.ndarray | None = None) -> np.ndarray:
     """Standard-normal float32 scores with the shape of `weights`."""

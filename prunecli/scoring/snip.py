@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import NoOptions
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
@@ -39,11 +40,11 @@ def snip_scores(
     "snip",
     summary="|g⊙θ|: connection sensitivity (gradient averaged over batches)",
     paper="Lee et al. 2019 (ICLR)",
-    needs="--arch and --data (labels optional)",
     data="batches",
+    labels="optional",
     bn_mode="eval",
 )
-def snip_method(ctx: ScoringContext) -> ScoreResult:
+def snip_method(ctx: ScoringContext, options: NoOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("SNIP: gradients", len(ctx.batches))

@@ -15,8 +15,10 @@ negative, so it is divided by |L|, which never flips the ranking.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import MethodOptions, check_counts
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
@@ -25,6 +27,18 @@ if TYPE_CHECKING:
     from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
 
 DEFAULT_STEPS = 5
+
+
+@dataclass(frozen=True)
+class SnipItOptions(MethodOptions):
+    """`iterations` is S, the halvings of the schedule; the schedule itself is SNIP-it's own
+    (recorded as "snip-it"; a `schedule` given to every method does not apply)."""
+
+    iterations: int = DEFAULT_STEPS
+    schedule: str = field(default="snip-it", init=False)
+
+    def __post_init__(self) -> None:
+        check_counts(iterations=self.iterations)
 
 
 def snip_it_schedule(sparsity: float, steps: int = DEFAULT_STEPS) -> list[float]:
@@ -123,15 +137,18 @@ def loss_and_gradient(
     "snip-it",
     summary="iterative elasticity |g⊙θ|/L on a halving sparsity schedule: masks only shrink",
     paper="Verdenius et al. 2020 (arXiv:2006.00896)",
-    needs="--arch and --data (labels optional); --sparsity at score time; --iterations S (5)",
     data="batches",
+    labels="optional",
     bn_mode="eval",
     iterative=True,
+    returns="masks",
+    options=SnipItOptions,
+    requirements=(f"--iterations S ({DEFAULT_STEPS})",),
 )
-def snip_it_method(ctx: ScoringContext) -> ScoreResult:
+def snip_it_method(ctx: ScoringContext, options: SnipItOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
-    steps = ctx.iterations
+    steps = options.iterations
     ctx.progress.stage(
         "SNIP-it: steps × batches", len(snip_it_schedule(1 - ctx.density, steps)) * len(ctx.batches)
     )

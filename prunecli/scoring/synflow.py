@@ -9,14 +9,23 @@ default (R overflows float32 in deep nets). Higher = keep.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import IterativeOptions
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
     import torch
 
     from prunecli.calibration.context import ScoreResult, ScoringContext
+
+
+@dataclass(frozen=True)
+class SynflowOptions(IterativeOptions):
+    """100 exponential steps by default, as the paper."""
+
+    iterations: int = 100
 
 
 def synflow_scores(
@@ -69,17 +78,18 @@ def synflow_scores(
     "synflow",
     summary="|θ⊙∂R/∂θ| on |θ| with an all-ones input, pruned iteratively (data-free)",
     paper="Tanaka et al. 2020 (NeurIPS)",
-    needs="--arch and --input-shape (no data); --sparsity at score time",
     data="input-shape",
     bn_mode="eval",
     iterative=True,
-    float64=True,
+    returns="masks",
+    default_dtype="float64",
+    options=SynflowOptions,
 )
-def synflow_method(ctx: ScoringContext) -> ScoreResult:
+def synflow_method(ctx: ScoringContext, options: SynflowOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
-    ctx.progress.stage("SynFlow: iterations", ctx.iterations)
+    ctx.progress.stage("SynFlow: iterations", options.iterations)
     scores, masks = synflow_scores(
-        ctx.model, ctx.names, ctx.input_shape, ctx.density, ctx.iterations, ctx.schedule, ctx.progress
+        ctx.model, ctx.names, ctx.input_shape, ctx.density, options.iterations, options.schedule, ctx.progress
     )
     return ScoreResult(scores, masks)

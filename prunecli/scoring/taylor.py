@@ -14,14 +14,25 @@ statistics, so train-mode batch norm is refused with the Fisher variant). Higher
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import MethodOptions, option
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
     import torch
 
     from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
+
+
+@dataclass(frozen=True)
+class TaylorOptions(MethodOptions):
+    """`fisher`: the empirical-Fisher variant; `chunk_size` (not recorded): examples whose
+    per-sample gradients are held at once."""
+
+    fisher: bool = False
+    chunk_size: int | None = option(None, recorded=False)
 
 
 def taylor_scores(
@@ -126,16 +137,16 @@ def _refuse_train_mode_batch_norm(model: torch.nn.Module) -> None:
     "taylor",
     summary="(g⊙θ)²: first-order Taylor importance; --fisher: mean of per-sample (g⊙θ)²",
     paper="Molchanov et al. 2019 (CVPR)",
-    needs="--arch and --data (labels optional); --fisher for the empirical Fisher",
     data="batches",
+    labels="optional",
     bn_mode="eval",
+    options=TaylorOptions,
+    requirements=("--fisher for the empirical Fisher",),
 )
-def taylor_method(ctx: ScoringContext) -> ScoreResult:
+def taylor_method(ctx: ScoringContext, options: TaylorOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
-    from prunecli.scoring.exact import method_option
 
-    fisher = bool(method_option(ctx, "fisher", False))
-    chunk = method_option(ctx, "chunk_size", None)
+    fisher, chunk = bool(options.fisher), options.chunk_size
     if fisher:
         total = sum(p.numel() for n, p in ctx.model.named_parameters() if n in set(ctx.names))
         ctx.progress.stage("Taylor: per-sample gradients (Fisher)", fisher_chunks(ctx.batches, chunk, total))

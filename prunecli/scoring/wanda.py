@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from prunecli.scoring.options import NoOptions
 from prunecli.scoring.registry import register_model_method
 
 if TYPE_CHECKING:
@@ -141,11 +142,12 @@ def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Modu
     "wanda",
     summary="|W|·‖X_j‖₂: weight magnitude times input-feature norm (forward passes only)",
     paper="Sun et al. 2024 (ICLR)",
-    needs="--arch and --data (no labels, no backward pass); compare per row",
     data="batches",
+    labels="unused",
     bn_mode="eval",
+    default_scope="row",
 )
-def wanda_method(ctx: ScoringContext) -> ScoreResult:
+def wanda_method(ctx: ScoringContext, options: NoOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("Wanda: input statistics", len(ctx.batches))

@@ -1,0 +1,131 @@
+"""The live model a model-based method scores: built from its spec, loaded from the checkpoint,
+checked against its inputs, and its calibration data (the first half of `run_method`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prunecli.errors import InputError, ScoreError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from prunecli.calibration.data import Calibration
+    from prunecli.io.checkpoints import Checkpoint
+    from prunecli.pipelines.score import ScoreRequest
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is a usage error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for but CUDA is not available", "use --device cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {name!r}", "use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)", "pick another")
+    return device
+
+
+def load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]]:
+    """The model with the checkpoint's weights, its prunable names, and notes for the user.
+
+    The checkpoint is checked against the model from its header alone, then copied in tensor
+    by tensor, so loading holds the model plus one tensor, not two copies of the model.
+    """
+    import torch
+
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.io.torch_files import torch_dtype
+    from prunecli.models import check_weights, resolve_model
+    from prunecli.selection.prunable import prunable_names
+
+    model = resolve_model(req.arch, req.arch_args)
+    with open_checkpoint(req.checkpoint) as ckpt:
+        shapes = {
+            n: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device="meta")
+            for n, i in ckpt.tensors.items()
+        }
+        check_weights(model, shapes, str(req.checkpoint))
+        state = model.state_dict()
+        with torch.no_grad():
+            for name, info in ckpt.tensors.items():
+                _copy_into(state[name], ckpt, name, info.dtype)
+                if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
+                    raise ScoreError(
+                        f"weights of {name} contain NaN or infinite values", "check the checkpoint"
+                    )
+        names = prunable_names(ckpt.tensors, req.include, req.exclude)
+        notes = list(ckpt.notes)
+    parameters = dict(model.named_parameters())
+    names = [n for n in names if n in parameters]
+    if not names:
+        raise InputError("no prunable parameter in the model", "choose them with --include GLOB")
+    return model, names, notes
+
+
+def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) -> None:
+    """Read a checkpoint tensor straight into the model's storage when the dtypes agree
+    (no intermediate copy), else through a temporary cast by `copy_`."""
+    import torch
+
+    from prunecli.io.torch_files import raw_to_torch, torch_dtype
+
+    if target.device.type == "cpu" and target.is_contiguous() and target.dtype == torch_dtype(dtype):
+        ckpt.read(name, target.view(-1).view(torch.uint8).numpy())  # fills target's bytes
+    else:
+        target.copy_(raw_to_torch(ckpt.read(name), dtype))
+
+
+def calibration_of(req: ScoreRequest) -> Calibration | None:
+    """The calibration batches of `req.data` (None without data), seeded by `req.seed`."""
+    from prunecli.calibration.data import load_calibration
+
+    if req.data is None:
+        return None
+    return load_calibration(
+        req.data, batch_size=req.batch_size, num_batches=req.num_batches, per_class=req.per_class,
+        seed=req.seed, inputs_key=req.inputs_key, labels_key=req.labels_key,
+    )  # fmt: skip
+
+
+def check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    """Run one forward pass; inputs that the model rejects are a clear input error."""
+    import torch
+
+    mode = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(inputs[:2])
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:150]
+        raise InputError(
+            f"inputs of shape {list(inputs.shape[1:])} do not fit the model ({reason})",
+            "check --data / --input-shape against --arch",
+        ) from None
+    finally:
+        model.train(mode)
+    if out.ndim != 2:
+        raise InputError(
+            f"the model's output has shape {list(out.shape)}, not (batch, classes)",
+            "use a classifier",
+        )
+    return out.shape[1]
+
+
+def input_shape_of(req: ScoreRequest, calibration: Calibration | None) -> tuple[int, ...]:
+    """One example's shape: given, from the data, or the architecture's default."""
+    from prunecli.models import default_input_shape
+
+    shape = req.input_shape or (
+        calibration.example_shape if calibration else default_input_shape(req.arch, req.arch_args)
+    )
+    if shape is None:
+        raise UsageError(f"{req.method.name} needs an input shape", "add --input-shape, e.g. 3x32x32")
+    return tuple(shape)
