@@ -189,14 +189,33 @@ def test_cli_bad_inputs_exit_2(cli_compare, folders: dict[str, Path], tmp_path: 
         tmp_path / "o.safetensors", {"fc1.weight": np.ones((12, 16)), "fc2.weight": np.ones((4, 16))}
     )
     assert cli_compare("apply", other, "-m", "magnitude", "-s", "0.5", "-o", tmp_path / "other").code == 0
-    r = cli_compare("compare", folders["m50"], tmp_path / "other", "--json")
-    assert r.code == 2 and r.out == "" and len(r.err.splitlines()) == 1
-    assert "'fc1.weight' has shape [16, 12] in A" in r.err and "[12, 16] in B" in r.err
-    r = cli_compare("compare", folders["m50"], folders["m50"] / "model.safetensors")
-    assert r.code == 2 and "not a masks file" in r.err
-    assert cli_compare("compare", folders["m50"], tmp_path / "missing").code == 2
-    assert cli_compare("compare", folders["m50"], tmp_path / "scores.txt").code == 2
-    assert cli_compare("compare", folders["m50"]).code == 2  # B missing: a usage error
+    sources = "pass an apply output folder, its manifest.json, or its masks.safetensors"
+    for args, line in (
+        (
+            [folders["m50"], tmp_path / "other", "--json"],
+            "error: 'fc1.weight' has shape [16, 12] in A (<tmp>/m50) but [12, 16] in B (<tmp>/other). "
+            "compare masks made for the same model: both sides must prune checkpoints of one architecture.",
+        ),
+        (
+            [folders["m50"], folders["m50"] / "model.safetensors"],
+            "error: <tmp>/m50/model.safetensors holds the F32 tensor 'fc1.weight', so it is not a masks file "
+            f"(masks are bit-packed U8). {sources}.",
+        ),
+        (
+            [folders["m50"], tmp_path / "missing"],
+            f"error: mask source <tmp>/missing does not exist. {sources}.",
+        ),
+        (
+            [folders["m50"], tmp_path / "scores.txt"],
+            f"error: mask source <tmp>/scores.txt does not exist. {sources}.",
+        ),
+    ):
+        r = cli_compare("compare", *args)
+        assert (r.code, r.out) == (2, "")
+        assert r.err.replace(str(tmp_path), "<tmp>") == line + "\n"
+    r = cli_compare("compare", folders["m50"])  # B missing: a usage error, worded by typer/click
+    assert (r.code, r.out) == (2, "") and r.err.startswith("error: Missing argument 'B'")
+    assert r.err.count("\n") == 1
 
 
 def test_golden_table() -> None:

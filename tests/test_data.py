@@ -15,8 +15,6 @@ from safetensors.torch import save_file as save_safetensors_torch
 from prunecli.calibration.data import KEY_PAIRS, Calibration, check_labels, load_calibration, parse_shape
 from prunecli.errors import EXIT_BAD_INPUT, InputError, PruneError, UsageError
 
-MNIST_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "train.npz"
-
 
 def toy(n: int = 40, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """n float32 examples of shape (2, 3); example i is filled with i, so batches show which rows."""
@@ -49,6 +47,19 @@ def raises(exc: type[PruneError], *fragments: str, **kwargs: object) -> PruneErr
     assert info.value.hint
     assert info.value.exit_code == EXIT_BAD_INPUT
     return info.value
+
+
+def raises_exactly(exc: type[PruneError], message: str, hint: str, tmp_path: Path, **kwargs: object) -> None:
+    """Call load_calibration and compare the whole message (tmp_path written as <tmp>) and hint."""
+    source = kwargs.pop("source")
+    with pytest.raises(exc) as info:
+        load_calibration(str(source), **kwargs)
+    error = info.value
+    assert (error.message.replace(str(tmp_path), "<tmp>"), error.hint, error.exit_code) == (
+        message,
+        hint,
+        EXIT_BAD_INPUT,
+    )
 
 
 # --- parse_shape -----------------------------------------------------------------------------
@@ -295,10 +306,14 @@ def test_synthetic_fingerprints() -> None:
 
 
 def test_missing_directory_and_unknown_suffix(tmp_path: Path) -> None:
-    raises(InputError, "does not exist", source=tmp_path / "nope.npz")
-    raises(InputError, "directory", source=tmp_path)
+    kinds = "name a .npz, .npy, .safetensors or .pt file, or random:SHAPE / ones:SHAPE"
+    message = "calibration data <tmp>/nope.npz does not exist"
+    raises_exactly(InputError, message, kinds, tmp_path, source=tmp_path / "nope.npz")
+    message = "calibration data <tmp> is a directory, not a file"
+    raises_exactly(InputError, message, kinds, tmp_path, source=tmp_path)
     (tmp_path / "d.csv").write_text("1,2\n")
-    raises(InputError, "unknown suffix", ".csv", source=tmp_path / "d.csv")
+    message = "calibration data <tmp>/d.csv has an unknown suffix '.csv'"
+    raises_exactly(InputError, message, kinds, tmp_path, source=tmp_path / "d.csv")
 
 
 @pytest.mark.parametrize("name", ["d.npz", "d.npy", "d.safetensors", "d.pt"])
@@ -329,10 +344,13 @@ def test_empty_data(tmp_path: Path) -> None:
 
 def test_missing_keys_list_what_is_there(tmp_path: Path) -> None:
     path = npz(tmp_path, feats=toy()[0], classes=toy()[1])
-    raises(InputError, "inputs, x or images", "['classes', 'feats']", source=path)
-    raises(InputError, "'pixels'", "['classes', 'feats']", source=path, inputs_key="pixels")
+    message = "<tmp>/d.npz has no array named inputs, x or images; it has ['classes', 'feats']"
+    raises_exactly(InputError, message, "name the inputs array with --inputs-key", tmp_path, source=path)
+    message = "<tmp>/d.npz has no inputs array 'pixels'; it has ['classes', 'feats']"
+    raises_exactly(InputError, message, "pick one of those", tmp_path, source=path, inputs_key="pixels")
     keys = {"inputs_key": "feats", "labels_key": "target"}
-    raises(InputError, "'target'", "['classes', 'feats']", source=path, **keys)
+    message = "<tmp>/d.npz has no labels array 'target'; it has ['classes', 'feats']"
+    raises_exactly(InputError, message, "pick one of those", tmp_path, source=path, **keys)
 
 
 def test_bad_labels(tmp_path: Path) -> None:
@@ -409,10 +427,9 @@ def test_check_labels(tmp_path: Path) -> None:
 # --- real data -------------------------------------------------------------------------------
 
 
-def test_mnist_per_class() -> None:
-    if not MNIST_TRAIN.is_file():
-        pytest.skip(f"{MNIST_TRAIN} is not present")
-    calib = load_calibration(str(MNIST_TRAIN), per_class=10, batch_size=32, seed=0)
+def test_mnist_per_class(mnist_train: Path) -> None:
+    """Real MNIST: the 2,000 digits that ship with prunecli (conftest's `mnist_train`)."""
+    calib = load_calibration(str(mnist_train), per_class=10, batch_size=32, seed=0)
     inputs = torch.cat([x for x, _ in calib.batches])
     assert tuple(inputs.shape) == (100, 28, 28) and calib.example_shape == (28, 28)
     assert inputs.dtype == torch.float32 and inputs.min() >= 0 and inputs.max() <= 1
@@ -420,4 +437,8 @@ def test_mnist_per_class() -> None:
     assert np.bincount(all_labels(calib), minlength=10).tolist() == [10] * 10
     assert calib.num_classes == 10
     assert calib.record()["examples"] == 100
-    assert load_calibration(str(MNIST_TRAIN), per_class=10, batch_size=32).fingerprint == calib.fingerprint
+    assert load_calibration(str(mnist_train), per_class=10, batch_size=32).fingerprint == calib.fingerprint
+    with np.load(mnist_train) as data:  # every example is a digit of the file, with its own label
+        rows = {x.tobytes(): int(y) for x, y in zip(data["images"], data["labels"], strict=True)}
+    pixels = (inputs * 255).round().to(torch.uint8).numpy()
+    assert [rows[image.tobytes()] for image in pixels] == all_labels(calib).tolist()

@@ -248,10 +248,23 @@ def test_pruned_weights_stay_exactly_zero_through_training(pruned: Pruned, optim
 
 def test_two_forwards_before_one_backward(pruned: Pruned) -> None:
     model = attach_masks(pruned.model(), pruned.out)
+    masks = load_masks(pruned.out)
+    # the reference: the same class holding apply's masked weights, with no masks attached
+    plain = pruned.model()
+    plain.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in load_file(pruned.out / "model.safetensors").items()}
+    )
     (x1, _), (x2, _) = pruned.batch(), pruned.batch()
     (model(x1).sum() + model(x2).sum()).backward()  # re-zeroing must not invalidate the graph
+    (plain(x1).sum() + plain(x2).sum()).backward()
+    for name, param in model.named_parameters():
+        expected = plain.get_parameter(name).grad
+        if name in masks:  # the gradient of a pruned weight is zeroed, the others are untouched
+            expected = torch.where(masks[name], expected, torch.zeros_like(expected))
+        assert torch.equal(param.grad, expected), name
+    assert_pruned_exact_zero(model, masks)
     with torch.inference_mode():
-        model(x1)
+        assert torch.equal(model(x1), plain(x1))
 
 
 def test_state_dict_keys_unchanged_and_loads_both_ways(pruned: Pruned) -> None:

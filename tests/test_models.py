@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from prunecli import __version__
 from prunecli.io.checkpoints import load_state_dict
 from prunecli.models.zoo import ZOO, build_model, input_shape
 
@@ -42,7 +43,14 @@ def test_init_is_seeded_and_recorded(cli, tmp_path: Path, scheme: str) -> None:
     assert paths[0].read_bytes() != paths[2].read_bytes()
     with safe_open(paths[0], "np") as f:
         meta = f.metadata()
-    assert meta["init"] == scheme and meta["arch"] == "lenet-5" and meta["seed"] == "1"
+    assert meta == {
+        "format": "prunecli.init",
+        "arch": "lenet-5",
+        "init": scheme,
+        "seed": "1",
+        "input_shape": "1x28x28",
+        "prunecli_version": __version__,
+    }
 
 
 def test_kaiming_normal_scale() -> None:
@@ -59,11 +67,29 @@ def test_pruned_output_loads_into_the_model(cli, tmp_path: Path, arch: str) -> N
     init = tmp_path / "init.safetensors"
     assert cli("init", "--arch", arch, "-o", init).code == 0
     r = cli("apply", init, "-m", "magnitude", "-s", "0.9", "-o", tmp_path / "out", "--json")
-    assert r.code == 0
+    assert r.code == 0, r.err
     manifest = json.loads(r.out)
+    totals = manifest["totals"]
+    counts = f"kept {totals['kept']:,} of {totals['prunable']:,}"
+    assert r.err == f"note: wrote {tmp_path / 'out'}: {counts} (sparsity 0.9000)\n"
     model = build_model(arch)
-    model.load_state_dict(load_state_dict(tmp_path / "out" / "model.safetensors"), strict=True)
+    written = load_state_dict(tmp_path / "out" / "model.safetensors")
+    model.load_state_dict(written, strict=True)
+    source = load_state_dict(init)
     pruned = [t["name"] for t in manifest["tensors"] if t["pruned"]]
     assert all(n.endswith("weight") for n in pruned) and not any("bn" in n for n in pruned)
-    assert manifest["totals"]["kept"] == round(manifest["totals"]["prunable"] * 0.1)
+    assert totals["kept"] == round(totals["prunable"] * 0.1)
+    # the model now holds exactly the file's tensors; pruned ones keep `kept` of the source's
+    # values and zero the rest, the others are the source's, bit for bit
+    state = model.state_dict()
+    assert list(state) == [t["name"] for t in manifest["tensors"]] == list(source)
+    for t in manifest["tensors"]:
+        name = t["name"]
+        assert torch.equal(state[name], written[name]), name
+        if t["pruned"]:
+            kept = state[name] != 0
+            assert int(kept.sum()) == t["kept"], name
+            assert torch.equal(state[name][kept], source[name][kept]), name
+        else:
+            assert torch.equal(state[name], source[name]), name
     assert model(torch.zeros(1, *input_shape(arch))).shape == (1, 10)

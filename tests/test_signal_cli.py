@@ -44,7 +44,8 @@ def test_full_collapse_is_reported_and_fails_the_gate(cli, tmp_path: Path) -> No
 
 def test_signal_needs_arch(cli, pruned: Path) -> None:
     r = cli("inspect", pruned, "--signal")
-    assert r.code == 2 and "--arch" in r.err
+    assert r.code == 2 and r.out == ""
+    assert r.err == "error: --signal rebuilds the network and needs its architecture. add --arch.\n"
 
 
 def test_apply_isometry_keeps_masks_and_lowers_the_penalty(cli, tmp_path: Path) -> None:
@@ -63,4 +64,7 @@ def test_apply_isometry_keeps_masks_and_lowers_the_penalty(cli, tmp_path: Path) 
         mask = np.unpackbits(packed)[: model[name].size].reshape(model[name].shape).astype(bool)
         assert not model[name][~mask].any()  # pruned entries stay exactly zero
     r = cli("apply", init, "-m", "random", "-s", "0.5", "--isometry-lr", "0.1", "-o", tmp_path / "x")
-    assert r.code == 2 and "--isometry-steps" in r.err
+    assert r.code == 2 and not (tmp_path / "x").exists()
+    assert (
+        r.err == "error: --isometry-lr needs --isometry-steps and a positive value. e.g. --isometry-lr 0.1.\n"
+    )
