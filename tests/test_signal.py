@@ -1,5 +1,6 @@
 """Signal propagation (methods.md §11, §12): Jacobian singular values, the path check, and
-approximate isometry, on the spec's vectors and on LeNet-300-100 with real MNIST."""
+approximate isometry, on the spec's vectors and on LeNet-300-100 with real MNIST (the digits that
+ship with prunecli: conftest's `mnist_train`)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from prunecli.analysis.signal import (
 )
 from prunecli.apply.isometry import approximate_isometry, isometry_gradient, isometry_penalty
 from prunecli.errors import InputError, UsageError
-
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "train.npz"
 
 # methods.md §0: the reference toy network N0, PyTorch layout [out, in]
 W1 = [[0.5, -1, 0.25], [1, 0.5, -0.5]]
@@ -241,8 +240,7 @@ def test_masks_from_an_apply_folder(cli, mlp_ckpt: Path, tmp_path: Path) -> None
 # ------------------------------------------------------------------ the paper's finding on MNIST
 
 
-@pytest.mark.skipif(not MNIST.is_file(), reason="shared MNIST data not present")
-def test_random_pruning_hurts_signal_more_than_snip_on_mnist() -> None:
+def test_random_pruning_hurts_signal_more_than_snip_on_mnist(mnist_train: Path) -> None:
     """Lee et al. 2020, Fig. 1: at 99% sparsity the Jacobian singular values of a randomly pruned
     LeNet-300-100 drop far below SNIP's. Measured here (seed 0, 32 held-out examples): dense mean
     ≈ 1.34, SNIP ≈ 0.11, random ≈ 0.003; seeds 1-3 give the same order with similar margins."""
@@ -251,7 +249,7 @@ def test_random_pruning_hurts_signal_more_than_snip_on_mnist() -> None:
     from prunecli.scoring.functional import global_topk
     from prunecli.scoring.snip import snip_scores
 
-    data = np.load(MNIST)
+    data = np.load(mnist_train)  # the first 132 official training digits
     images = torch.from_numpy(data["images"][:132].astype(np.float32) / 255).unsqueeze(1)  # (132, 1, 28, 28)
     labels = torch.from_numpy(data["labels"][:132].astype(np.int64))
     model = initialize(resolve_model("lenet-300-100"), "kaiming-normal", seed=0)
