@@ -289,12 +289,10 @@ def test_listing_methods_imports_no_torch() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
-def _context(model: nn.Module, names: list[str], batches: list, **options: object) -> object:
+def _context(model: nn.Module, names: list[str], batches: list, seed: int = 0) -> object:
     from prunecli.calibration.context import ScoringContext
 
-    ctx = ScoringContext(model=model, names=names, batches=batches)
-    ctx.options = options  # the optional field requested from context.py; read with getattr for now
-    return ctx
+    return ScoringContext(model=model, names=names, batches=batches, seed=seed)
 
 
 def test_methods_read_their_options() -> None:

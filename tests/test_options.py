@@ -128,19 +128,27 @@ def test_commands_take_their_groups_defaults(command: object) -> None:
 
 
 def test_the_grasp_temperature_is_written_once() -> None:
-    assert inspect.signature(score).parameters["temperature"].default is opt.MethodOptions.temperature
-    assert inspect.signature(prune).parameters["temperature"].default is opt.MethodOptions.temperature
+    """The CLI passes no temperature of its own (None: GraSP's default), and the package holds the
+    default once, in the method's options."""
+    from prunecli.scoring.grasp import GraspOptions
+
+    assert inspect.signature(score).parameters["temperature"].default is None
+    assert inspect.signature(prune).parameters["temperature"].default is None
+    assert opt.MethodOptions.temperature is None and GraspOptions().temperature == 200.0
+    package = CLI.parent
     literals = [
-        f"{path.name}:{n}"
-        for path in sorted(CLI.glob("*.py"))
+        f"{path.relative_to(package)}:{n}"
+        for path in sorted(package.rglob("*.py"))
         for n, line in enumerate(path.read_text().splitlines(), 1)
-        if re.search(r"\b200(\.0)?\b", line)
+        if re.search(r"\b200\.0\b", line)
     ]
-    assert literals == [f"options.py:{_line_of('temperature: float = 200.0')}"]
+    assert literals == [
+        f"scoring/grasp.py:{_line_of('DEFAULT_TEMPERATURE = 200.0', package / 'scoring' / 'grasp.py')}"
+    ]
 
 
-def _line_of(text: str) -> int:
-    lines = (CLI / "options.py").read_text().splitlines()
+def _line_of(text: str, path: Path = CLI / "options.py") -> int:
+    lines = path.read_text().splitlines()
     return next(n for n, line in enumerate(lines, 1) if text in line)
 
 

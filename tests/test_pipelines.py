@@ -50,19 +50,23 @@ def _files(folder: Path) -> dict[str, bytes]:
 # score ---------------------------------------------------------------------------------------
 
 
-def test_score_a_per_tensor_method_writes_what_compute_scores_writes(lenet: Path, tmp_path: Path) -> None:
+def test_score_a_per_tensor_method_writes_its_scores(lenet: Path, tmp_path: Path) -> None:
+    import numpy as np
+
     from prunecli.io.checkpoints import open_checkpoint
-    from prunecli.io.scores_file import compute_scores
     from prunecli.scoring import get_method
     from prunecli.selection.prunable import prunable_names
 
     progress = Recorder()
     written = score(lenet, "lamp", tmp_path / "lamp.safetensors", progress=progress)
-    with open_checkpoint(lenet) as ckpt:
+    with open_checkpoint(lenet) as ckpt, open_checkpoint(tmp_path / "lamp.safetensors") as scores:
         names = prunable_names(ckpt.tensors)
-        expected = compute_scores(ckpt, names, get_method("lamp"), tmp_path / "io.safetensors")
-    assert (tmp_path / "lamp.safetensors").read_bytes() == (tmp_path / "io.safetensors").read_bytes()
-    assert isinstance(written, ScoresWritten) and written.metadata == expected and written.names == names
+        assert list(scores.tensors) == names and scores.metadata == written.metadata
+        for name in names:
+            weights = ckpt.read(name).astype(np.float32)
+            assert np.array_equal(scores.read(name), get_method("lamp").scorer(name, weights, 0, None))
+    assert written.metadata["method"] == "lamp" and written.metadata["source_sha256"] == ckpt.sha256()
+    assert isinstance(written, ScoresWritten) and written.names == names
     assert progress.stages == [("scoring (lamp)", 3)] and progress.steps == 3
 
 

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from prunecli.analysis.inspect import summarize
-from prunecli.cli.apply_cmd import run_apply, selection_spec
 from prunecli.io.checkpoints import load_state_dict
-from prunecli.io.scores_file import compute_scores, write_scores
 from prunecli.models import resolve_model
 from prunecli.models.initialize import init_checkpoint
-from prunecli.pipelines.score import ScoreRequest, resolve_device, run_method
+from prunecli.pipelines.apply import apply
+from prunecli.pipelines.score import resolve_device
+from prunecli.pipelines.score import score as score_checkpoint
 from prunecli.scoring import get_method
+from prunecli.selection.spec import SelectionSpec
 from prunecli.training.masks import attach_masks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,23 +79,14 @@ def calibration_file(work: Path, images: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def score(run: Run, init: Path, calib: Path, out: Path, device: str) -> None:
-    """Scores through the same library calls as `prunecli score`; 100 examples a batch."""
+    """Scores through the library call behind `prunecli score`; 100 examples a batch."""
     method = get_method(run.method)
-    if not method.needs_model:
-        from prunecli.io.checkpoints import open_checkpoint
-        from prunecli.selection.prunable import prunable_names
-
-        with open_checkpoint(init) as ckpt:
-            compute_scores(ckpt, prunable_names(ckpt.tensors), method, out, seed=run.seed, force=True)
-        return
-    request = ScoreRequest(
-        checkpoint=init, method=method, arch=run.arch, device=device, seed=run.seed,
-        data=None if method.data == "input-shape" else str(calib), batch_size=100,
+    score_checkpoint(
+        init, method, out, arch=run.arch if method.needs_model else None, device=device, seed=run.seed,
+        data=str(calib) if method.data == "batches" else None, batch_size=100,
         per_class=10 if run.method == "grasp" else None,  # GraSP's class-balanced 10 per class
-        density=1.0 - run.sparsity if method.iterative else None,
+        sparsity=run.sparsity if method.iterative else None, force=True,
     )  # fmt: skip
-    scored = run_method(request)
-    write_scores(out, scored.entries, scored.scores, scored.metadata, force=True)
 
 
 def train_and_test(run: Run, folder: Path, data: dict, epochs: int, device: torch.device) -> float:
@@ -131,10 +123,11 @@ def execute(run: Run, work: Path, calib: Path, data: dict, epochs: int, device: 
     init_checkpoint(run.arch, init, seed=run.seed, force=True)
     scores = folder / "scores.safetensors"
     score(run, init, calib, scores, device.type)
-    spec = selection_spec(run.sparsity, None, None, "uniform", 0.0, None, run.ablation == "shuffle",
-                          run.ablation == "invert", None, None)  # fmt: skip
+    spec = SelectionSpec(
+        density=1.0 - run.sparsity, shuffle=run.ablation == "shuffle", invert=run.ablation == "invert"
+    )
     out = folder / "out"
-    run_apply(init, out, spec, scores=scores, seed=run.seed, force=True, quiet=True)
+    apply(init, out, spec, scores=scores, seed=run.seed, force=True)
     summary = summarize(out)
     accuracy = train_and_test(run, out, data, epochs, device)
     return {

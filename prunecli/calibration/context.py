@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prunecli.progress import NoProgress, Progress
 
@@ -27,12 +27,8 @@ class ScoringContext:
     loss: str = "ce"
     input_shape: tuple[int, ...] | None = None
     density: float | None = None
-    iterations: int = 1
-    schedule: str = "exp"
-    temperature: float = 200.0
+    seed: int = 0  # the run's seed, for methods that sample (OBD's Hutchinson probes)
     progress: Progress = field(default_factory=NoProgress)
-    # method-specific settings: hessian, hutchinson_samples, obd_first_order, fisher, max_params, seed
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

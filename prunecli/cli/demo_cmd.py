@@ -47,25 +47,23 @@ def demo(
 
 def _run(folder: Path, seed: int, epochs: int, quiet: bool) -> dict[str, Any]:
     from prunecli.analysis.inspect import summarize
-    from prunecli.cli.apply_cmd import run_apply
-    from prunecli.cli.score_cmd import compute
     from prunecli.models.initialize import init_checkpoint
+    from prunecli.pipelines.apply import apply
     from prunecli.pipelines.demo import DEMO_ARCH, DEMO_METHODS, DEMO_SPARSITY, demo_data_path, train_and_test
-    from prunecli.scoring import get_method
+    from prunecli.pipelines.score import score
 
     init = folder / f"{DEMO_ARCH}.safetensors"
     init_checkpoint(DEMO_ARCH, init, seed=seed, force=True)
     note(f"initialised {DEMO_ARCH} (seed {seed}) in {init}", quiet)
     spec = opt.SelectionOptions(sparsity=DEMO_SPARSITY).spec()
-    model = opt.ModelOptions(
-        arch=DEMO_ARCH, data=str(demo_data_path()), batch_size=100, device="cpu", seed=seed
-    )
+    model = opt.ModelOptions(arch=DEMO_ARCH, data=str(demo_data_path()), batch_size=100, device="cpu")
+    scoring = opt.scoring_arguments(model, opt.METHOD)
     methods: dict[str, Any] = {}
     with RichProgress(quiet) as progress:
         for name in DEMO_METHODS:
             out, scores = folder / f"{name}-95", folder / f"{name}.safetensors"
-            compute(init, get_method(name), scores, model=model, force=True, progress=progress, quiet=True)
-            run_apply(init, out, spec, scores=scores, seed=seed, force=True, quiet=True)
+            score(init, name, scores, seed=seed, force=True, progress=progress, **scoring)
+            apply(init, out, spec, scores=scores, seed=seed, force=True)
             densities = {t["name"]: t["density"] for t in summarize(out)["tensors"] if t["pruned"]}
             progress.stage(f"training the {name} mask ({epochs} epoch(s))", 1)
             methods[name] = {"densities": densities, "accuracy": train_and_test(out, epochs, seed)}

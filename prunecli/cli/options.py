@@ -139,7 +139,7 @@ class ModelOptions:
 class MethodOptions:
     """Options that single methods read; the others refuse them (see `given`)."""
 
-    temperature: float = 200.0  # GraSP's softmax temperature
+    temperature: float | None = None  # None: GraSP's own (200)
     hessian: str | None = None
     hutchinson_samples: int | None = None
     obd_first_order: bool = False
@@ -257,7 +257,10 @@ Dtype = Annotated[
     Optional[choices.ScoreDtype],
     typer.Option("--dtype", help="Scoring precision (default: the method's; SynFlow float64)."),
 ]
-Temperature = Annotated[float, typer.Option("--temperature", help="GraSP's softmax temperature.")]
+Temperature = Annotated[
+    Optional[float],
+    typer.Option("--temperature", help="GraSP's softmax temperature (default 200)."),
+]
 Hessian = Annotated[
     Optional[choices.Hessian],
     typer.Option("--hessian", help="OBD's Hessian diagonal: exact (small models), hutchinson or fisher."),
@@ -309,3 +312,46 @@ Shuffle = Annotated[
     bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity check).")
 ]
 Invert = Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")]
+
+
+def scoring_arguments(model: ModelOptions, method: MethodOptions) -> dict[str, Any]:
+    """The keyword arguments of `pipelines.score.score` and `pipelines.prune.prune` (all but the
+    seed, which both take on its own), from the parsed option groups."""
+    return {
+        "arch": model.arch,
+        "arch_args": _arch_args(model.arch_args),
+        "data": model.data,
+        "input_shape": _shape(model.input_shape),
+        "batch_size": model.batch_size,
+        "num_batches": model.num_batches,
+        "per_class": model.per_class,
+        "inputs_key": model.inputs_key,
+        "labels_key": model.labels_key,
+        "loss": model.loss,
+        "iterations": model.iterations,
+        "schedule": model.schedule,
+        "temperature": method.temperature,
+        "bn_mode": model.bn_mode,
+        "device": model.device,
+        "dtype": model.dtype,
+        "include": model.include,
+        "exclude": model.exclude,
+        "options": method.given(),
+    }
+
+
+def _arch_args(text: str | None) -> dict[str, Any]:
+    """--arch-args JSON; its parser lives with the models, imported only when there is some."""
+    if not text:
+        return {}
+    from prunecli.models import parse_arch_args
+
+    return parse_arch_args(text)
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    from prunecli.calibration.data import parse_shape
+
+    return parse_shape(text)

@@ -32,6 +32,19 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def report_applied(applied: Any, output: object, *, json_out: bool, quiet: bool) -> None:
+    """What `apply` and `prune` print: notes, warnings, the totals line, and the manifest as JSON."""
+    for line in applied.notes:
+        note(line, quiet)
+    for message in applied.warnings:
+        warn(message)
+    totals = applied.manifest["totals"]
+    note(f"wrote {output}: kept {totals['kept']:,} of {totals['prunable']:,} "
+         f"(sparsity {totals['sparsity']:.4f})", quiet)  # fmt: skip
+    if json_out:
+        emit_json(applied.manifest)
+
+
 class RichProgress:
     """The library's Progress protocol drawn as a transient rich bar on stderr."""
 

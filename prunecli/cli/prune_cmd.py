@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 from prunecli.cli import options as opt
-from prunecli.cli.apply_cmd import run_apply
-from prunecli.cli.output import RichProgress
-from prunecli.cli.score_cmd import compute
+from prunecli.cli.output import RichProgress, report_applied
 
 
 def prune(
@@ -52,7 +48,7 @@ def prune(
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Score and apply in one run: the scores live in a temporary file that is removed after.
+    """Score and apply in one run: the scores stay in memory, no scores file is written.
 
     Examples:
 
@@ -60,25 +56,14 @@ def prune(
 
       prunecli prune init.safetensors -m synflow --arch resnet20 --sparsity 0.98 -o out/
     """
-    from prunecli.io.checkpoints import checkpoint_files
-    from prunecli.io.outputs import check_output_folder, create_temp_dir, existing_inputs
-    from prunecli.scoring import get_method
+    from prunecli.pipelines.prune import prune as prune_checkpoint
 
     given = locals()
     model, method_options = opt.gather(opt.ModelOptions, given), opt.gather(opt.MethodOptions, given)
-    selection = opt.gather(opt.SelectionOptions, given)
-    chosen = get_method(method)
-    inputs = checkpoint_files(checkpoint) + existing_inputs(model.arch, model.data)
-    check_output_folder(output, force, inputs)  # early, before minutes of scoring
-    spec = selection.spec()
-    tmp = create_temp_dir(output)  # beside the output: removed below, or swept by a later run
-    try:
-        scores = tmp / "scores.safetensors"
-        with RichProgress(quiet) as progress:
-            compute(checkpoint, chosen, scores, model=model, method_options=method_options,
-                    sparsity=1.0 - spec.density if chosen.iterative else None, force=False,
-                    progress=progress, quiet=quiet)  # fmt: skip
-        run_apply(checkpoint, output, spec, scores=scores, seed=model.seed, force=force, json_out=json_out,
-                  quiet=quiet, scores_label=f"(computed by prune: {chosen.name})", inputs=inputs)  # fmt: skip
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    spec = opt.gather(opt.SelectionOptions, given).spec()
+    with RichProgress(quiet) as progress:
+        applied = prune_checkpoint(
+            checkpoint, output, spec, method, seed=model.seed, force=force, progress=progress,
+            **opt.scoring_arguments(model, method_options),
+        )  # fmt: skip
+    report_applied(applied, output, json_out=json_out, quiet=quiet)

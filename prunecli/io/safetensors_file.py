@@ -79,7 +79,7 @@ class SafetensorsReader:
         self._file.close()
 
 
-def _header_bytes(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> bytes:
+def header_bytes(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> bytes:
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -114,7 +114,7 @@ class SafetensorsWriter:
         self.path = path
         self._entries = list(entries)
         self._next = 0
-        self._header = _header_bytes(self._entries, metadata or {})
+        self._header = header_bytes(self._entries, metadata or {})
         self._file = None
         self._tmp = Path()
         self._stage = np.empty(STAGE_BYTES, dtype=np.uint8)

@@ -1,65 +1,22 @@
 """Scores files: float32 scores keyed by parameter name, with provenance metadata.
 
-`compute_scores` streams a checkpoint through a per-tensor method into a scores file;
+`write_scores` writes a method's scores as they come (`prunecli.pipelines.score` makes them);
 `open_scores` reads one back and checks it against the checkpoint it will be applied to.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from prunecli import __version__
-from prunecli.errors import InputError, ScoreError
+from prunecli.errors import InputError
 from prunecli.io.checkpoints import Checkpoint, open_checkpoint
-from prunecli.io.dtypes import finite_weights
 from prunecli.io.outputs import output_file
 from prunecli.io.safetensors_file import SafetensorsWriter
-from prunecli.scoring.registry import Method
 
 SCORES_FORMAT = "prunecli.scores"
-
-
-def compute_scores(
-    ckpt: Checkpoint,
-    names: list[str],
-    method: Method,
-    out: Path,
-    *,
-    seed: int = 0,
-    force: bool = False,
-    on_tensor: object = None,
-) -> dict[str, str]:
-    """Score every tensor in `names` and write `out` atomically.
-
-    Returns:
-        The metadata written into the file (method, seed, source sha256, version).
-    """
-    metadata = {
-        "format": SCORES_FORMAT,
-        "method": method.name,
-        "params": json.dumps({}),
-        "seed": str(seed),
-        "source_sha256": ckpt.sha256(),
-        "prunecli_version": __version__,
-    }
-    entries = [(n, "F32", ckpt.tensors[n].shape) for n in names]
-    with output_file(out, force, ckpt.files), SafetensorsWriter(out, entries, metadata) as writer:
-        for name in names:
-            weights = finite_weights(ckpt.read(name), ckpt.tensors[name].dtype, name)
-            scores = method.scorer(name, weights, seed, None)
-            if not np.isfinite(scores).all():
-                raise ScoreError(
-                    f"scores of {name} contain NaN or infinite values",
-                    "check the checkpoint for NaN/Inf weights",
-                )
-            writer.write(name, scores.astype(np.float32, copy=False))
-            if callable(on_tensor):
-                on_tensor()
-    return metadata
 
 
 def write_scores(

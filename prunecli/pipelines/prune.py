@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from prunecli.io.checkpoints import Checkpoint
-from prunecli.io.safetensors_file import _header_bytes
+from prunecli.io.safetensors_file import header_bytes
 from prunecli.io.safetensors_header import TensorInfo
 from prunecli.pipelines.apply import Applied, apply_opened
 from prunecli.pipelines.score import ScoredModel, score, score_request, scored
@@ -56,7 +56,7 @@ class ScoresInMemory(Checkpoint):
     def collect(cls, scored: ScoredModel, label: Path) -> ScoresInMemory:
         """Hold every tensor of the stream, hashing the file it would make as it goes."""
         entries = [(name, "F32", tuple(shape)) for name, shape in scored.entries]
-        digest = hashlib.sha256(_header_bytes(entries, scored.metadata))
+        digest = hashlib.sha256(header_bytes(entries, scored.metadata))
         arrays: dict[str, np.ndarray] = {}
         for (name, array), (expected, _, shape) in zip(scored.scores, entries, strict=True):
             data = np.ascontiguousarray(array, np.float32)

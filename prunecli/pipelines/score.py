@@ -65,7 +65,7 @@ class ScoreRequest:
     density: float | None = None
     iterations: int | None = None
     schedule: str | None = "exp"
-    temperature: float | None = 200.0
+    temperature: float | None = None  # None: GraSP's own default
     bn_mode: str | None = None
     device: str = "auto"
     dtype: str | None = None
@@ -312,7 +312,7 @@ def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredMod
     model.train(bn_mode == "train")
     ctx = ScoringContext(
         model=model, names=names, batches=batches, loss=loss, input_shape=shape, density=req.density,
-        progress=progress or NoProgress(), options={"seed": req.seed},
+        seed=req.seed, progress=progress or NoProgress(),
     )  # fmt: skip
     result = method.model_scorer(ctx, options)
     if method.returns == "masks" and result.masks is None:

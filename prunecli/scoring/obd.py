@@ -252,7 +252,6 @@ def _too_many(total: int, max_params: int) -> Exception:
 )
 def obd_method(ctx: ScoringContext, options: ObdOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
-    from prunecli.scoring.options import context_seed
     from prunecli.scoring.taylor import fisher_chunks
 
     hessian, first_order, chunk = options.hessian, bool(options.first_order), options.chunk_size
@@ -263,7 +262,7 @@ def obd_method(ctx: ScoringContext, options: ObdOptions) -> ScoreResult:
     ctx.progress.stage(f"OBD: Hessian diagonal ({hessian})", steps + first_order * len(ctx.batches))
     scores = obd_scores(
         ctx.model, ctx.names, ctx.batches, ctx.loss, hessian=hessian, first_order=first_order,
-        samples=options.hutchinson_samples, seed=context_seed(ctx), max_params=options.max_params,
+        samples=options.hutchinson_samples, seed=ctx.seed, max_params=options.max_params,
         chunk_size=chunk, progress=ctx.progress,
     )  # fmt: skip
     return ScoreResult(scores)

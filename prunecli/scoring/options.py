@@ -111,11 +111,6 @@ def _not_taken(key: str, name: str, users: list[str]) -> UsageError:
     return UsageError(f"{flag} applies to {' and '.join(users)}, not {name}", f"drop {flag}")
 
 
-def context_seed(ctx: object) -> int:
-    """The run's seed, which the pipeline hands a model scorer in `ScoringContext.options`."""
-    return int((getattr(ctx, "options", None) or {}).get("seed", 0))
-
-
 def check_counts(**values: int | None) -> None:
     """Refuse counts below 1 (`max_params=0` names the flag --max-params); None is unset."""
     for key, value in values.items():

@@ -6,6 +6,7 @@ needs, takes and returns (`Method`): the pipelines read those declarations, neve
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
@@ -192,9 +193,16 @@ def register_model_method(name: str, **declared: Any) -> Callable[[ModelScorer],
 
 
 def all_methods() -> list[Method]:
-    """Every registered method, in registration order."""
+    """Every registered method: the built-in ones in `BUILTIN_MODULES` order, then the others in
+    registration order (the same order whichever module a process happened to import first)."""
     _load_builtin_methods()
-    return list(_METHODS.values())
+    return sorted(_METHODS.values(), key=_listing_rank)
+
+
+def _listing_rank(method: Method) -> int:
+    scorer = method.scorer or method.model_scorer
+    module = getattr(scorer, "__module__", "").removeprefix("prunecli.scoring.")
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
 
 def get_method(name: str) -> Method:
@@ -203,8 +211,10 @@ def get_method(name: str) -> Method:
     try:
         return _METHODS[name]
     except KeyError:
-        known = ", ".join(_METHODS)
-        raise UsageError(f"unknown method {name!r}", f"choose one of: {known}") from None
+        known = [m.name for m in all_methods()]
+        close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+        guess = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(f"unknown method {name!r}", f"{guess}choose one of: {', '.join(known)}") from None
 
 
 # The built-in method modules, in the order `prunecli methods` lists them.
