@@ -15,7 +15,7 @@ from prunecli.io.safetensors_file import write_arrays
 
 # Real MNIST for the tests comes from the repository itself: the digits that ship with prunecli
 # (prunecli/assets/mnist_demo.npz: the first 2,000 official training and 1,000 test images).
-# Nothing outside the repository (e.g. ../shared/data) is read, so a clean clone runs every test.
+# Nothing outside the repository is read, so a clean clone runs every test.
 MNIST_ASSET = Path(__file__).resolve().parents[1] / "prunecli" / "assets" / "mnist_demo.npz"
 
 

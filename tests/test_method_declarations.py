@@ -191,13 +191,13 @@ def test_options_are_converted_to_the_declared_dataclass() -> None:
     from prunecli.scoring.snip_it import SnipItOptions
     from prunecli.scoring.synflow import SynflowOptions
 
-    shared = {"iterations": None, "schedule": "linear", "temperature": 50.0}
-    obd = build_options(get_method("obd"), {"obd_first_order": True, "max_params": 9}, shared, all_methods())
+    common = {"iterations": None, "schedule": "linear", "temperature": 50.0}
+    obd = build_options(get_method("obd"), {"obd_first_order": True, "max_params": 9}, common, all_methods())
     assert obd == ObdOptions(first_order=True, max_params=9)
-    assert build_options(get_method("grasp"), {}, shared, all_methods()) == GraspOptions(temperature=50.0)
-    synflow = build_options(get_method("synflow"), {}, shared, all_methods())
+    assert build_options(get_method("grasp"), {}, common, all_methods()) == GraspOptions(temperature=50.0)
+    synflow = build_options(get_method("synflow"), {}, common, all_methods())
     assert synflow == SynflowOptions(iterations=100, schedule="linear")
-    snip_it = build_options(get_method("snip-it"), {}, {**shared, "iterations": 3}, all_methods())
+    snip_it = build_options(get_method("snip-it"), {}, {**common, "iterations": 3}, all_methods())
     assert snip_it == SnipItOptions(iterations=3) and snip_it.schedule == "snip-it"  # its own schedule
     with pytest.raises(UsageError, match="unknown --hessian 'sideways'"):
         build_options(get_method("obd"), {"hessian": "sideways"}, {}, all_methods())
