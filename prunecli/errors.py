@@ -66,8 +66,36 @@ class PruneError(Exception):
         if self.hint:
             text += f" {self.hint.rstrip('.')}."
         if parameter is not None:
-            text = PARAMETER.sub(lambda match: parameter(match.group(1)), text)
+            text = render_parameters(text, parameter)
         return " ".join(_ANSI.sub("", text).split())
+
+    def renamed(self, **names: str) -> PruneError:
+        """This error with some parameters renamed, for a caller whose own names differ.
+
+        Example (`inspect` gives `Expectations.sparsity` as `expect_sparsity`):
+            >>> err = UsageError("`sparsity` 2.0 is outside [0, 1]", option="sparsity", value=2.0)
+            >>> err.renamed(sparsity="expect_sparsity").one_line()
+            '`expect_sparsity` 2.0 is outside [0, 1].'
+        """
+
+        def rename(text: str) -> str:
+            return PARAMETER.sub(lambda match: f"`{names.get(match.group(1), match.group(1))}`", text)
+
+        option = names.get(self.option, self.option) if self.option is not None else None
+        return type(self)(
+            rename(self.message), rename(self.hint),
+            option=option, value=self.value, allowed=self.allowed, bounds=self.bounds,
+        )  # fmt: skip
+
+
+def render_parameters(text: str, parameter: Callable[[str], str]) -> str:
+    """`text` with each backticked parameter name rendered by `parameter` (the CLI: its flag).
+
+    Example:
+        >>> render_parameters("add `input_shape`", lambda name: "--" + name.replace("_", "-"))
+        'add --input-shape'
+    """
+    return PARAMETER.sub(lambda match: parameter(match.group(1)), text)
 
 
 class UsageError(PruneError):

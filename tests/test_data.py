@@ -345,7 +345,7 @@ def test_empty_data(tmp_path: Path) -> None:
 def test_missing_keys_list_what_is_there(tmp_path: Path) -> None:
     path = npz(tmp_path, feats=toy()[0], classes=toy()[1])
     message = "<tmp>/d.npz has no array named inputs, x or images; it has ['classes', 'feats']"
-    raises_exactly(InputError, message, "name the inputs array with --inputs-key", tmp_path, source=path)
+    raises_exactly(InputError, message, "name the inputs array with `inputs_key`", tmp_path, source=path)
     message = "<tmp>/d.npz has no inputs array 'pixels'; it has ['classes', 'feats']"
     raises_exactly(InputError, message, "pick one of those", tmp_path, source=path, inputs_key="pixels")
     keys = {"inputs_key": "feats", "labels_key": "target"}
@@ -381,7 +381,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
 def test_too_few_examples(tmp_path: Path) -> None:
     path = npz(tmp_path, x=toy()[0])
     error = raises(InputError, "has 40 examples", "48", source=path, batch_size=16, num_batches=3)
-    assert "--batch-size" in error.hint and "40" in error.hint
+    assert "`batch_size`" in error.hint and "40" in error.hint
     assert len(load_calibration(str(path), batch_size=40).batches[0][0]) == 40
 
 
@@ -398,9 +398,9 @@ def test_per_class_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"batch_size": 0}, "--batch-size"),
-        ({"num_batches": 0}, "--num-batches"),
-        ({"per_class": 0}, "--per-class"),
+        ({"batch_size": 0}, "`batch_size`"),
+        ({"num_batches": 0}, "`num_batches`"),
+        ({"per_class": 0}, "`per_class`"),
         ({"seed": -1}, "seed"),
         ({"inputs_key": "x"}, "no arrays"),
     ],

@@ -156,10 +156,10 @@ def test_advice_comes_from_the_declarations() -> None:
     wanda = get_method("wanda")
     assert wanda.default_scope == "row" and wanda.needs.endswith("; compare per row")
     assert dataclasses.replace(wanda, default_scope=None).needs == (
-        "--arch and --data (no labels, no backward pass)"
+        "`arch` and `data` (no labels, no backward pass)"
     )
     assert dataclasses.replace(get_method("snip"), name="x", default_scope="layer").needs == (
-        "--arch and --data (labels optional); compare per layer"
+        "`arch` and `data` (labels optional); compare per layer"
     )
 
 
@@ -169,10 +169,10 @@ def test_advice_comes_from_the_declarations() -> None:
 @pytest.mark.parametrize(
     ("name", "given", "message"),
     [
-        ("snip", {"fisher": True}, "--fisher applies to taylor, not snip"),
-        ("taylor", {"hessian": "hutchinson"}, "--hessian applies to obd, not taylor"),
-        ("snip", {"max_params": 3}, "--max-params applies to obd and exact, not snip"),
-        ("magnitude", {"obd_first_order": True}, "--obd-first-order applies to obd, not magnitude"),
+        ("snip", {"fisher": True}, "`fisher` applies to taylor, not snip"),
+        ("taylor", {"hessian": "hutchinson"}, "`hessian` applies to obd, not taylor"),
+        ("snip", {"max_params": 3}, "`max_params` applies to obd and exact, not snip"),
+        ("magnitude", {"obd_first_order": True}, "`obd_first_order` applies to obd, not magnitude"),
         ("snip", {"colour": "red"}, "unknown method option 'colour'"),
     ],
 )
@@ -199,9 +199,9 @@ def test_options_are_converted_to_the_declared_dataclass() -> None:
     assert synflow == SynflowOptions(iterations=100, schedule="linear")
     snip_it = build_options(get_method("snip-it"), {}, {**common, "iterations": 3}, all_methods())
     assert snip_it == SnipItOptions(iterations=3) and snip_it.schedule == "snip-it"  # its own schedule
-    with pytest.raises(UsageError, match="unknown --hessian 'sideways'"):
+    with pytest.raises(UsageError, match="unknown `hessian` 'sideways'"):
         build_options(get_method("obd"), {"hessian": "sideways"}, {}, all_methods())
-    with pytest.raises(UsageError, match="--hutchinson-samples 0 must be at least 1"):
+    with pytest.raises(UsageError, match="`hutchinson_samples` 0 must be at least 1"):
         build_options(get_method("obd"), {"hutchinson_samples": 0}, {}, all_methods())
 
 

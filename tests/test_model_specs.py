@@ -134,7 +134,7 @@ def test_default_mlp_loads_lenet_300_100_weights() -> None:
 def test_mlp_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError, match="positive integers"):
         MLP(hidden=(10, 0))
-    with _raises(InputError, "mlp raised ValueError", "positive integers", "check --arch-args"):
+    with _raises(InputError, "mlp raised ValueError", "positive integers", "check `arch_args`"):
         resolve_model("mlp", {"hidden": [1.5]})
 
 
@@ -172,12 +172,12 @@ def test_parse_arch_args(text: str | None, expected: dict) -> None:
     ],
 )
 def test_parse_arch_args_errors(text: str, fragment: str) -> None:
-    with _raises(UsageError, "--arch-args", fragment, '{"num_classes": 100}'):
+    with _raises(UsageError, "`arch_args`", fragment, '{"num_classes": 100}'):
         parse_arch_args(text)
 
 
 def test_arch_args_the_factory_does_not_take() -> None:
-    with _raises(UsageError, "--arch-args do not fit vgg16", "'hidden'", "vgg16 takes: num_classes=10"):
+    with _raises(UsageError, "`arch_args` do not fit vgg16", "'hidden'", "vgg16 takes: num_classes=10"):
         resolve_model("vgg16", {"hidden": [3]})
 
 
@@ -297,7 +297,7 @@ def test_unknown_zoo_name_lists_the_known_ones() -> None:
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("init.safetensors", "--arch takes an architecture, not a checkpoint"),
+        ("init.safetensors", "`arch` takes an architecture, not a checkpoint"),
         ("model.pt", "not a checkpoint"),
         ("net.py", "name the factory in the file too: net.py:make_model"),
     ],
@@ -357,7 +357,7 @@ def test_factory_not_callable(factory_module: str) -> None:
 
 def test_factory_needing_arguments(factory_module: str) -> None:
     with _raises(
-        UsageError, "--arch-args do not fit", "missing a required argument: 'depth'", "takes: depth"
+        UsageError, "`arch_args` do not fit", "missing a required argument: 'depth'", "takes: depth"
     ):
         resolve_model(f"{factory_module}:needs_args")
 
@@ -461,7 +461,7 @@ def test_pt2_module_accepts_train_and_eval(archive: Path) -> None:
 
 
 def test_pt2_refuses_arch_args(archive: Path) -> None:
-    with _raises(UsageError, "--arch-args do not apply to the torch.export archive", "drop --arch-args"):
+    with _raises(UsageError, "`arch_args` do not apply to the torch.export archive", "drop `arch_args`"):
         resolve_model(str(archive), {"num_classes": 3})
     assert isinstance(resolve_model(str(archive), {}), nn.Module)  # empty is fine
 
@@ -543,7 +543,7 @@ def test_load_weights_names_the_first_mismatches() -> None:
         "missing fc3.weight; unexpected fc4.weight; "
         "fc1.weight is [100, 784] in the checkpoint but [300, 784] in the model; "
         "unexpected fc4.bias (and 3 more)",
-        "check --arch / --arch-args",
+        "check `arch` / `arch_args`",
     ):
         load_weights(model, tensors, "init.safetensors")
 

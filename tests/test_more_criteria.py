@@ -134,7 +134,7 @@ def test_exact_refuses_big_models_with_a_time_estimate() -> None:
     text = info.value.one_line()
     assert "one forward pass per weight: 10 weights would take about " in text
     assert "ms per weight, timed on 3 weights); the limit is 5 weights" in text
-    assert "--max-params" in text and "hutchinson" in text
+    assert "`max_params`" in text and "hutchinson" in text
 
 
 # §7 OBD
@@ -171,10 +171,10 @@ def test_obd_with_the_empirical_fisher() -> None:
 def test_obd_refusals() -> None:
     with pytest.raises(UsageError, match="one Hessian-vector product per weight") as info:
         obd_scores(n0(), NAMES, [(X, Y)], max_params=9)
-    assert "--hessian hutchinson" in info.value.one_line()
-    with pytest.raises(UsageError, match="unknown --hessian 'lanczos'"):
+    assert "`hessian` hutchinson" in info.value.one_line()
+    with pytest.raises(UsageError, match="unknown `hessian` 'lanczos'"):
         obd_scores(n0(), NAMES, [(X, Y)], hessian="lanczos")
-    with pytest.raises(UsageError, match="--hutchinson-samples 0 must be at least 1"):
+    with pytest.raises(UsageError, match="`hutchinson_samples` 0 must be at least 1"):
         obd_scores(n0(), NAMES, [(X, Y)], hessian="hutchinson", samples=0)
 
 

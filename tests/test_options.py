@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 
@@ -244,3 +245,148 @@ def test_the_cli_line_shows_the_flags(cli, mlp_ckpt: Path, tmp_path: Path) -> No
     ):  # fmt: skip
         r = cli(*base, *extra)
         assert (r.code, r.out, r.err) == (2, "", f"error: {line}\n"), extra
+
+
+# Library entry points name parameters; only the CLI line shows flags ------------------------
+
+
+def test_python_callers_see_parameters_and_the_cli_shows_flags(cli, mlp_ckpt: Path, tmp_path: Path) -> None:
+    from prunecli.analysis.inspect import Expectations
+    from prunecli.models import parse_arch_args
+    from prunecli.pipelines.score import score as score_pipeline
+    from prunecli.scoring import all_methods, get_method
+    from prunecli.scoring.grasp import GraspOptions
+    from prunecli.scoring.obd import HESSIANS
+    from prunecli.scoring.options import build_options
+
+    def caught(call: Callable[[], object]) -> UsageError:
+        with pytest.raises(UsageError) as info:
+            call()
+        assert "--" not in info.value.one_line(), info.value.one_line()
+        return info.value
+
+    out = tmp_path / "s.safetensors"
+    err = caught(lambda: score_pipeline(mlp_ckpt, "snip", out))
+    assert (err.message, err.hint, err.option) == (
+        "snip needs a model",
+        "add `arch` (e.g. `arch` lenet-300-100)",
+        "arch",
+    )
+    assert cli("score", mlp_ckpt, "-m", "snip", "-o", out).err == (
+        "error: snip needs a model. add --arch (e.g. --arch lenet-300-100).\n"
+    )
+
+    err = caught(lambda: build_options(get_method("obd"), {"hessian": "sideways"}, {}, all_methods()))
+    assert (err.message, err.option, err.value, err.allowed) == (
+        "unknown `hessian` 'sideways'",
+        "hessian",
+        "sideways",
+        HESSIANS,
+    )
+    err = caught(lambda: build_options(get_method("snip"), {"hessian": "exact"}, {}, all_methods()))
+    assert (err.one_line(), err.option) == ("`hessian` applies to obd, not snip. drop `hessian`.", "hessian")
+    r = cli("score", mlp_ckpt, "-m", "snip", "--arch", "mlp", "--hessian", "exact", "-o", out)
+    assert (r.code, r.err) == (2, "error: --hessian applies to obd, not snip. drop --hessian.\n")
+
+    err = caught(lambda: GraspOptions(temperature=-1))
+    assert (err.message, err.option, err.value) == ("`temperature` -1 must be positive", "temperature", -1)
+    r = cli(
+        "score",
+        mlp_ckpt,
+        "-m",
+        "grasp",
+        "--arch",
+        "mlp",
+        "--data",
+        "random:12",
+        "--temperature",
+        "-1",
+        "-o",
+        out,
+    )
+    assert (r.code, r.err) == (2, "error: --temperature -1.0 must be positive. GraSP uses 200.\n")
+
+    err = caught(lambda: parse_arch_args("[1]"))
+    assert (err.option, err.value) == ("arch_args", "[1]")
+    assert err.message == "`arch_args` must be a JSON object, not an array"
+    r = cli("init", "--arch", "mlp", "--arch-args", "[1]", "-o", tmp_path / "i.safetensors")
+    assert r.err == (
+        "error: --arch-args must be a JSON object, not an array. give a JSON object of keyword "
+        "arguments, e.g. --arch-args '{\"num_classes\": 100}'.\n"
+    )
+
+    # Expectations.sparsity is inspect's --expect-sparsity: the CLI renames it before rendering
+    err = caught(lambda: Expectations(sparsity=2.0).validate())
+    assert (err.message, err.option, err.value, err.bounds) == (
+        "`sparsity` 2.0 is outside [0, 1]",
+        "sparsity",
+        2.0,
+        (0.0, 1.0),
+    )
+    r = cli("inspect", mlp_ckpt, "--expect-sparsity", "2")
+    assert (r.code, r.err) == (2, "error: --expect-sparsity 2.0 is outside [0, 1]. use a fraction.\n")
+
+
+def test_methods_text_names_parameters() -> None:
+    """`Method.needs` and `summary` name parameters; `prunecli methods` renders them as flags."""
+    from prunecli.scoring import all_methods, get_method
+
+    for method in all_methods():
+        assert not re.search(r"--[a-z]", method.needs + method.summary), method.name
+    assert get_method("snip").needs == "`arch` and `data` (labels optional)"
+    assert get_method("obd").needs.endswith("; `hessian` exact|hutchinson|fisher")
+
+
+# Strings in library code (outside cli/) that may reach a user: every string literal in a function
+# body, and every module-level string constant a function uses. Docstrings are not messages.
+FLAG_IN_TEXT = re.compile(r"--(?=[a-z])|--$")  # "--min-density", or a flag built as "--" + name
+# (file, literal) pairs allowed to spell a flag, each with its reason:
+FLAGS_ALLOWED_IN_LIBRARY_TEXT = {
+    # The floors warning is written into manifest.json (output bytes: tools/output_hashes.py).
+    ("prunecli/pipelines/apply.py", "--min-density "),
+}
+
+
+def _texts_that_reach_users(path: Path) -> Iterator[tuple[int, str]]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    constants = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Name) and node.id in constants:
+                node = constants[node.id]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                yield node.lineno, node.value
+
+
+def test_library_text_names_parameters_not_flags() -> None:
+    root = CLI.parents[1]
+    found = []
+    for path in sorted((root / "prunecli").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("prunecli/cli/"):
+            continue
+        for line, text in _texts_that_reach_users(path):
+            if FLAG_IN_TEXT.search(text) and (rel, text) not in FLAGS_ALLOWED_IN_LIBRARY_TEXT:
+                found.append(f"{rel}:{line}: {text!r}")
+    assert not found, (
+        "write the parameter in backticks (`min_density`); the CLI renders the flag:\n" + "\n".join(found)
+    )
+    assert len(FLAGS_ALLOWED_IN_LIBRARY_TEXT) == 1  # grow this list only with output bytes

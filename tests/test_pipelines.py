@@ -91,10 +91,10 @@ def test_score_a_model_based_method(lenet: Path, tmp_path: Path) -> None:
         ("snip", {}, "snip needs a model"),
         ("snip", {"arch": "lenet-300-100"}, "snip needs calibration data"),
         ("synflow", {"arch": "lenet-300-100"}, "synflow is iterative and needs the target at score time"),
-        ("snip", {**DATA, "sparsity": 0.5}, "snip takes no --sparsity at score time"),
-        ("magnitude", {"sparsity": 0.5}, "magnitude takes no --sparsity at score time"),
-        ("snip", {**DATA, "options": {"fisher": True}}, "--fisher applies to taylor, not snip"),
-        ("magnitude", {"options": {"max_params": 5}}, "--max-params applies to obd and exact, not magnitude"),
+        ("snip", {**DATA, "sparsity": 0.5}, "snip takes no `sparsity` at score time"),
+        ("magnitude", {"sparsity": 0.5}, "magnitude takes no `sparsity` at score time"),
+        ("snip", {**DATA, "options": {"fisher": True}}, "`fisher` applies to taylor, not snip"),
+        ("magnitude", {"options": {"max_params": 5}}, "`max_params` applies to obd and exact, not magnitude"),
     ],
 )
 def test_score_refuses_what_the_method_does_not_take(
@@ -134,9 +134,9 @@ def test_apply_a_per_tensor_method_from_python(lenet: Path, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"method": "snip"}, "apply --method scores without a model, but snip needs one"),
-        ({}, "give exactly one of --scores and --method"),
-        ({"method": "magnitude", "scores": "s.safetensors"}, "give exactly one of --scores and --method"),
+        ({"method": "snip"}, "apply `method` scores without a model, but snip needs one"),
+        ({}, "give exactly one of `scores` and `method`"),
+        ({"method": "magnitude", "scores": "s.safetensors"}, "give exactly one of `scores` and `method`"),
     ],
 )
 def test_apply_refuses(lenet: Path, tmp_path: Path, given: dict, message: str) -> None:

@@ -278,11 +278,13 @@ class Expectations:
         """Refuse values that would make the gate pass anything (NaN compares false, inf
         swallows every difference) or fail everything."""
         if self.sparsity is not None and not 0.0 <= self.sparsity <= 1.0:  # NaN fails this too
-            raise UsageError(f"--expect-sparsity {self.sparsity} is outside [0, 1]", "use a fraction")
+            raise UsageError(f"`sparsity` {self.sparsity} is outside [0, 1]", "use a fraction",
+                             option="sparsity", value=self.sparsity, bounds=(0.0, 1.0))  # fmt: skip
         if not math.isfinite(self.tolerance) or self.tolerance < 0:
             raise UsageError(
-                f"--tolerance {self.tolerance} is not a finite number >= 0", "use a fraction, e.g. 0.001"
-            )
+                f"`tolerance` {self.tolerance} is not a finite number >= 0", "use a fraction, e.g. 0.001",
+                option="tolerance", value=self.tolerance,
+            )  # fmt: skip
 
 
 def check(summary: dict[str, Any], expect: Expectations) -> list[str]:
@@ -334,7 +336,8 @@ def signal_summary(path: Path, request: SignalRequest) -> dict[str, Any]:
     shape = parse_shape(request.input_shape) if request.input_shape else None
     shape = shape or (calibration.example_shape if calibration else default_input_shape(request.arch, args))
     if shape is None:
-        raise UsageError("--signal needs an input shape", "add --input-shape, e.g. 3x32x32, or --data")
+        raise UsageError("`signal` needs an input shape", "add `input_shape`, e.g. 3x32x32, or `data`",
+                         option="input_shape")  # fmt: skip
     if calibration:
         inputs = calibration.batches[0][0]
     else:

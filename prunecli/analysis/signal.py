@@ -63,7 +63,8 @@ def _stack_inputs(inputs: torch.Tensor | Iterable[Any]) -> torch.Tensor:
         return torch.from_numpy(inputs)
     parts = [b[0] if isinstance(b, (tuple, list)) else b for b in inputs]
     if not parts:
-        raise UsageError("no inputs for the Jacobian", "give at least one example, e.g. --data mnist.npz")
+        raise UsageError("no inputs for the Jacobian", "give at least one example in `inputs`",
+                         option="inputs", value=inputs)  # fmt: skip
     return torch.cat([torch.as_tensor(p) for p in parts])
 
 

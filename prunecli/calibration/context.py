@@ -48,7 +48,8 @@ def schedule_densities(density: float, iterations: int, schedule: str) -> list[f
         return [1.0 - (1.0 - density) * t / iterations for t in steps]
     from prunecli.errors import UsageError
 
-    raise UsageError(f"unknown --schedule {schedule!r}", "use exp or linear")
+    raise UsageError(f"unknown `schedule` {schedule!r}", "use exp or linear",
+                     option="schedule", value=schedule, allowed=("exp", "linear"))  # fmt: skip
 
 
 class LazyScores(Mapping):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import zipfile
 import zlib
@@ -132,8 +133,12 @@ def load_calibration(
     sampling = _Sampling(batch_size, None if per_class is not None else num_batches, per_class, seed)
     kind, _, rest = source.partition(":")
     if kind in SYNTHETIC:
-        if inputs_key is not None or labels_key is not None or per_class is not None:
-            raise UsageError(f"{kind}: data has no arrays and no labels", "drop --per-class and the keys")
+        given = {"per_class": per_class, "inputs_key": inputs_key, "labels_key": labels_key}
+        given = {key: value for key, value in given.items() if value is not None}
+        if given:
+            key, value = next(iter(given.items()))
+            raise UsageError(f"{kind}: data has no arrays and no labels", "drop `per_class` and the keys",
+                             option=key, value=value)  # fmt: skip
         return _synthetic(source, kind, parse_shape(rest), sampling)
     return _from_file(source, Path(source), sampling._replace(inputs_key=inputs_key, labels_key=labels_key))
 
@@ -149,10 +154,11 @@ def check_labels(calibration: Calibration, num_outputs: int) -> None:
 
 
 def _check_params(batch_size: int, num_batches: int, per_class: int | None, seed: int) -> None:
-    numbers = {"--batch-size": batch_size, "--num-batches": num_batches, "--per-class": per_class}
+    numbers = {"batch_size": batch_size, "num_batches": num_batches, "per_class": per_class}
     for name, value in numbers.items():
         if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}", "pass a positive integer")
+            raise UsageError(f"`{name}` must be at least 1, got {value}", "pass a positive integer",
+                             option=name, value=value, bounds=(1, math.inf))  # fmt: skip
     if seed < 0:
         raise UsageError(f"the seed must be zero or positive, got {seed}", "pass a non-negative seed")
 
@@ -179,7 +185,8 @@ def _from_file(source: str, path: Path, sampling: _Sampling) -> Calibration:
         if sampling.per_class is None:
             index = _random_index(len(x), sampling.batch_size * (sampling.num_batches or 1), rng, path)
         elif y is None:
-            raise InputError(f"--per-class needs labels, and {path} has none", "add labels or drop it")
+            raise InputError(f"`per_class` needs labels, and {path} has none", "add labels or drop it",
+                             option="per_class", value=sampling.per_class)  # fmt: skip
         else:
             index = _per_class_index(y, sampling.per_class, rng, path)
         inputs = _as_float32(x[index], index, path)
@@ -290,7 +297,8 @@ def _pick_keys(
         if inputs_key is None:
             raise InputError(
                 f"{path} has no array named inputs, x or images; it has {present}",
-                "name the inputs array with --inputs-key",
+                "name the inputs array with `inputs_key`",
+                option="inputs_key",
             )
     if labels_key is None:
         preferred = [lab for i, lab in KEY_PAIRS if i == inputs_key] + [lab for _, lab in KEY_PAIRS]
@@ -338,7 +346,8 @@ def _random_index(n: int, total: int, rng: np.random.Generator, path: Path) -> n
     if n < total:
         raise InputError(
             f"{path} has {n} examples, but {total} were asked for (batch size × number of batches)",
-            f"lower --batch-size or --num-batches so that their product is at most {n}",
+            f"lower `batch_size` or `num_batches` so that their product is at most {n}",
+            option="batch_size",
         )
     return rng.permutation(n)[:total]
 
@@ -350,9 +359,10 @@ def _per_class_index(labels: np.ndarray, per_class: int, rng: np.random.Generato
     if len(short):
         c = int(short[0])
         raise InputError(
-            f"class {c} has {counts[c]} examples in {path}, fewer than --per-class {per_class}",
-            f"lower --per-class to at most {counts.min()} (classes run from 0 to the largest label)",
-        )
+            f"class {c} has {counts[c]} examples in {path}, fewer than `per_class` {per_class}",
+            f"lower `per_class` to at most {counts.min()} (classes run from 0 to the largest label)",
+            option="per_class", value=per_class,
+        )  # fmt: skip
     order = rng.permutation(len(labels))
     ordered = labels[order]
     chosen = np.concatenate([order[ordered == c][:per_class] for c in range(len(counts))])

@@ -27,11 +27,14 @@ def default_loss(has_labels: bool) -> str:
 def check_loss(name: str, has_labels: bool) -> None:
     """Refuse unknown losses, and supervised losses without labels."""
     if name not in LOSSES:
-        raise UsageError(f"unknown --loss {name!r}", f"choose one of: {', '.join(LOSSES)}")
+        raise UsageError(f"unknown `loss` {name!r}", f"choose one of: {', '.join(LOSSES)}",
+                         option="loss", value=name, allowed=LOSSES)  # fmt: skip
     if name in SUPERVISED and not has_labels:
         raise UsageError(
-            f"--loss {name} needs labels but the calibration data has none",
-            "add labels to the data file, or use --loss pseudo or --loss uniform",
+            f"`loss` {name} needs labels but the calibration data has none",
+            "add labels to the data file, or use `loss` pseudo or `loss` uniform",
+            option="loss",
+            value=name,
         )
 
 
@@ -45,4 +48,5 @@ def compute_loss(name: str, logits: torch.Tensor, labels: torch.Tensor | None) -
         return F.cross_entropy(logits, logits.detach().argmax(dim=1))
     if name == "uniform":
         return -F.log_softmax(logits, dim=1).mean(dim=1).mean()
-    raise UsageError(f"unknown --loss {name!r}", f"choose one of: {', '.join(LOSSES)}")
+    raise UsageError(f"unknown `loss` {name!r}", f"choose one of: {', '.join(LOSSES)}",
+                     option="loss", value=name, allowed=LOSSES)  # fmt: skip

@@ -18,6 +18,7 @@ from prunecli.cli.export_cmd import export
 from prunecli.cli.init_cmd import init
 from prunecli.cli.inspect_cmd import inspect
 from prunecli.cli.methods_cmd import methods
+from prunecli.cli.output import flag
 from prunecli.cli.prune_cmd import prune
 from prunecli.cli.score_cmd import score
 from prunecli.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PruneError
@@ -85,11 +86,6 @@ def _os_error(exc: OSError) -> int:
     code = EXIT_BAD_INPUT if exc.errno in user_fixable else EXIT_RUNTIME
     return _fail(f"cannot use{where or ' a file'}: {exc.strerror or exc}. Check the path and its "
                  "permissions", code)  # fmt: skip
-
-
-def flag(parameter: str) -> str:
-    """The command-line flag of a library parameter: `min_density` -> `--min-density`."""
-    return "--" + parameter.replace("_", "-")
 
 
 def _usage_error(exc: ParserError) -> int:

@@ -141,7 +141,10 @@ def inspect(
     from prunecli.analysis.inspect import Expectations, SignalRequest, check, signal_summary, summarize
 
     expect = Expectations(expect_sparsity, tolerance, fail_on_collapse)
-    expect.validate()
+    try:
+        expect.validate()
+    except UsageError as exc:  # the library's `Expectations.sparsity` is this command's --expect-sparsity
+        raise exc.renamed(sparsity="expect_sparsity") from None
     if signal and arch is None:
         raise UsageError("--signal rebuilds the network and needs its architecture", "add --arch")
     if examples < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from prunecli.cli import options as opt
-from prunecli.cli.output import emit_json, stderr_console
+from prunecli.cli.output import emit_json, flags, stderr_console
 
 
 def methods(json_out: opt.Json = False) -> None:
@@ -17,7 +17,10 @@ def methods(json_out: opt.Json = False) -> None:
     """
     from prunecli.scoring import all_methods
 
-    rows = [{"name": m.name, "summary": m.summary, "needs": m.needs, "paper": m.paper} for m in all_methods()]
+    rows = [  # the library names parameters in backticks; here they are flags
+        {"name": m.name, "summary": flags(m.summary), "needs": flags(m.needs), "paper": m.paper}
+        for m in all_methods()
+    ]
     if json_out:
         emit_json(rows)
         return

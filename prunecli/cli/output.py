@@ -9,6 +9,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from prunecli.errors import render_parameters
+
+
+def flag(parameter: str) -> str:
+    """The command-line flag of a library parameter: `min_density` -> `--min-density`."""
+    return "--" + parameter.replace("_", "-")
+
+
+def flags(text: str) -> str:
+    """Library text with its backticked parameters shown as flags: "add `arch`" -> "add --arch"."""
+    return render_parameters(text, flag)
+
 
 def stderr_console() -> Console:
     """A console on the current stderr (created per use, so tests can capture it)."""

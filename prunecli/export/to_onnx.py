@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import sys
 import time
@@ -62,7 +63,7 @@ DTYPES = ("float32", "float16")
 TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2)}  # default (atol, rtol) per dtype
 OPSETS = (7, 20)  # what the TorchScript exporter writes
 PROTO_LIMIT = 2**31 - 1  # protobuf's limit on one serialized message
-_SHAPE_HINT = "give one example's shape without the batch dimension, e.g. --input-shape 3x32x32"
+_SHAPE_HINT = "give one example's shape without the batch dimension, e.g. `input_shape` 3x32x32"
 
 
 @dataclass(frozen=True)
@@ -94,20 +95,30 @@ class ExportRequest:
     def validate(self) -> None:
         if not 0.0 <= self.sparse_threshold <= 1.0:
             raise UsageError(
-                f"--sparse-threshold {self.sparse_threshold} is outside [0, 1]",
+                f"`sparse_threshold` {self.sparse_threshold} is outside [0, 1]",
                 "give a density, e.g. 0.3; 0 stores every tensor dense",
+                option="sparse_threshold",
+                value=self.sparse_threshold,
+                bounds=(0.0, 1.0),
             )
         if self.dtype not in DTYPES:
-            raise UsageError(f"unknown --dtype {self.dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+            raise UsageError(f"unknown `dtype` {self.dtype!r}", f"choose one of: {', '.join(DTYPES)}",
+                             option="dtype", value=self.dtype, allowed=DTYPES)  # fmt: skip
         if self.static_batch is not None and self.static_batch < 1:
-            raise UsageError(f"--static-batch {self.static_batch} is not a positive integer", "e.g. 1")
+            raise UsageError(
+                f"`static_batch` {self.static_batch} is not a positive integer", "e.g. 1",
+                option="static_batch", value=self.static_batch, bounds=(1, math.inf),
+            )  # fmt: skip
         if self.opset is not None and not OPSETS[0] <= self.opset <= OPSETS[1]:
-            raise UsageError(f"--opset {self.opset} is not supported", f"choose {OPSETS[0]} to {OPSETS[1]}")
-        for flag, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            raise UsageError(f"`opset` {self.opset} is not supported", f"choose {OPSETS[0]} to {OPSETS[1]}",
+                             option="opset", value=self.opset, bounds=OPSETS)  # fmt: skip
+        for name, value in (("atol", self.atol), ("rtol", self.rtol)):
             if value is not None and not value >= 0:
-                raise UsageError(f"{flag} {value} is negative", "give a tolerance >= 0, e.g. 1e-4")
+                raise UsageError(f"`{name}` {value} is negative", "give a tolerance >= 0, e.g. 1e-4",
+                                 option=name, value=value, bounds=(0.0, math.inf))  # fmt: skip
         if self.input_shape is not None and self.data is not None:
-            raise UsageError("--input-shape and --data were both given", "give only one of them")
+            raise UsageError("`input_shape` and `data` were both given", "give only one of them",
+                             option="input_shape", value=self.input_shape)  # fmt: skip
 
     def tolerances(self) -> tuple[float, float]:
         atol, rtol = TOLERANCES[self.dtype]
@@ -292,7 +303,8 @@ def _input_shape(request: ExportRequest) -> tuple[int, ...]:
         return load_calibration(request.data, batch_size=1, num_batches=1, seed=request.seed).example_shape
     shape = default_input_shape(request.arch, request.arch_args)
     if shape is None:
-        raise UsageError(f"--arch {request.arch} implies no input shape", _SHAPE_HINT + ", or --data SRC")
+        raise UsageError(f"`arch` {request.arch} implies no input shape", _SHAPE_HINT + ", or `data` SRC",
+                         option="input_shape")  # fmt: skip
     return tuple(shape)
 
 
@@ -353,7 +365,7 @@ def _torch_export(
         except Exception as exc:
             raise InputError(
                 f"torch.onnx.export (TorchScript exporter) failed: {describe_exception(exc)}",
-                "PRUNECLI_DEBUG=1 shows the traceback; another --opset may help",
+                "PRUNECLI_DEBUG=1 shows the traceback; another `opset` may help",
             ) from exc
     tracer = torch.jit.TracerWarning
     notes = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, tracer)]

@@ -29,7 +29,8 @@ SCHEMES: dict[str, Callable[[torch.Tensor], object]] = {
 def initialize(model: nn.Module, scheme: str = "kaiming-normal", seed: int = 0) -> nn.Module:
     """Re-initialise `model` in place with a named scheme, deterministically from `seed`."""
     if scheme not in SCHEMES:
-        raise UsageError(f"unknown --init {scheme!r}", f"choose one of: {', '.join(SCHEMES)}")
+        raise UsageError(f"unknown initialisation scheme {scheme!r}", f"choose one of: {', '.join(SCHEMES)}",
+                         option="scheme", value=scheme, allowed=tuple(SCHEMES))  # fmt: skip
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -33,7 +33,7 @@ from prunecli.models.zoo import ZOO, input_shape
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _SPEC_FORMS = "a zoo name, package.module:factory, path/to/file.py:factory or a .pt2 archive"
-_ARGS_HINT = "give a JSON object of keyword arguments, e.g. --arch-args '{\"num_classes\": 100}'"
+_ARGS_HINT = "give a JSON object of keyword arguments, e.g. `arch_args` '{\"num_classes\": 100}'"
 _DEBUG_HINT = "PRUNECLI_DEBUG=1 shows the traceback"
 MAX_MISMATCHES_SHOWN = 4
 
@@ -51,10 +51,12 @@ def parse_arch_args(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"--arch-args is not valid JSON ({exc.msg} at column {exc.colno})", _ARGS_HINT
-        ) from None
+            f"`arch_args` is not valid JSON ({exc.msg} at column {exc.colno})", _ARGS_HINT,
+            option="arch_args", value=text,
+        ) from None  # fmt: skip
     if not isinstance(value, dict):
-        raise UsageError(f"--arch-args must be a JSON object, not {_json_kind(value)}", _ARGS_HINT)
+        raise UsageError(f"`arch_args` must be a JSON object, not {_json_kind(value)}", _ARGS_HINT,
+                         option="arch_args", value=text)  # fmt: skip
     return value
 
 
@@ -83,8 +85,10 @@ def resolve_model(spec: str, arch_args: Mapping[str, Any] | None = None) -> nn.M
     if _is_archive(spec):
         if args:
             raise UsageError(
-                f"--arch-args do not apply to the torch.export archive {spec}",
-                "drop --arch-args: the archive carries its own graph and weights",
+                f"`arch_args` do not apply to the torch.export archive {spec}",
+                "drop `arch_args`: the archive carries its own graph and weights",
+                option="arch_args",
+                value=args,
             )
         return load_exported_module(Path(spec))
     if ":" not in spec:
@@ -157,7 +161,7 @@ def check_weights(
         shown += f" (and {more} more)" if more > 0 else ""
         raise InputError(
             f"checkpoint {source} does not match the architecture: {shown}",
-            _prefix_hint(expected, given) or "check --arch / --arch-args",
+            _prefix_hint(expected, given) or "check `arch` / `arch_args`",
         )
     return given
 
@@ -173,12 +177,12 @@ def _zoo_name(spec: str) -> str:
     if name.endswith(".py"):
         hint = f"name the factory in the file too: {spec}:make_model"
     elif Path(name).suffix in (".safetensors", ".json", ".pt", ".pth", ".bin", ".onnx"):
-        hint = f"--arch takes an architecture, not a checkpoint: {_SPEC_FORMS}"
+        hint = f"`arch` takes an architecture, not a checkpoint: {_SPEC_FORMS}"
     else:
         close = difflib.get_close_matches(name, ZOO, n=1)
         hint = (f"did you mean {close[0]}? " if close else "") + f"choose one of: {', '.join(ZOO)}"
         hint += "; or give package.module:factory, path/to/file.py:factory or a .pt2 archive"
-    raise UsageError(f"unknown architecture {spec!r}", hint)
+    raise UsageError(f"unknown architecture {spec!r}", hint, option="arch", value=spec)
 
 
 def _import_factory(spec: str) -> tuple[Callable[..., Any], Path | None]:
@@ -186,16 +190,20 @@ def _import_factory(spec: str) -> tuple[Callable[..., Any], Path | None]:
     target, _, attr = spec.rpartition(":")
     if not target or not _DOTTED.fullmatch(attr):
         raise UsageError(
-            f"--arch {spec!r} does not end in :factory (a Python name)",
+            f"`arch` {spec!r} does not end in :factory (a Python name)",
             "write package.module:factory or path/to/file.py:factory",
+            option="arch",
+            value=spec,
         )
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target).expanduser().resolve()
         return _get_factory(_load_file(path, spec), attr, str(path), spec), path.parent
     if not _DOTTED.fullmatch(target):
         raise UsageError(
-            f"{target!r} in --arch {spec!r} is neither a module name nor a .py file",
+            f"{target!r} in `arch` {spec!r} is neither a module name nor a .py file",
             "write package.module:factory or path/to/file.py:factory",
+            option="arch",
+            value=spec,
         )
     return _get_factory(_import_module(target), attr, f"module {target}", spec), None
 
@@ -220,9 +228,10 @@ def _import_module(name: str) -> Any:
 def _load_file(path: Path, spec: str) -> Any:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"{path} (from --arch {spec}) {what}", "check the path")
+        raise InputError(f"{path} (from `arch` {spec}) {what}", "check the path", option="arch", value=spec)
     if path.suffix != ".py":
-        raise UsageError(f"{path} (from --arch {spec}) is not a .py file", "write path/to/file.py:factory")
+        raise UsageError(f"{path} (from `arch` {spec}) is not a .py file", "write path/to/file.py:factory",
+                         option="arch", value=spec)  # fmt: skip
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     stem = re.sub(r"\W", "_", path.stem)
     name = f"_prunecli_arch_{digest}_{stem}"  # unique per file, so two model.py files do not clash
@@ -246,12 +255,14 @@ def _get_factory(module: Any, attr: str, where: str, spec: str) -> Callable[...,
         if not hasattr(obj, part):
             defined = _callables_defined_in(module)
             hint = f"it defines: {', '.join(defined)}" if defined else f"define {attr}(**arch_args) there"
-            raise UsageError(f"{where} has no {attr!r} (from --arch {spec})", hint)
+            raise UsageError(f"{where} has no {attr!r} (from `arch` {spec})", hint, option="arch", value=spec)
         obj = getattr(obj, part)
     if not callable(obj):
         raise UsageError(
-            f"{attr!r} in --arch {spec} is not callable (its type is {type(obj).__name__})",
+            f"{attr!r} in `arch` {spec} is not callable (its type is {type(obj).__name__})",
             "name a function or class that builds the model",
+            option="arch",
+            value=spec,
         )
     return obj
 
@@ -277,12 +288,13 @@ def _build(factory: Callable[..., Any], args: dict[str, Any], label: str) -> nn.
         try:
             signature.bind(**args)
         except TypeError as exc:
-            raise UsageError(f"--arch-args do not fit {label}: {exc}", _accepted(label, signature)) from None
+            raise UsageError(f"`arch_args` do not fit {label}: {exc}", _accepted(label, signature),
+                             option="arch_args", value=args) from None  # fmt: skip
     try:
         model = factory(**args)
     except Exception as exc:
         raise InputError(
-            f"{label} raised {describe_exception(exc)}", f"check --arch-args; {_DEBUG_HINT}"
+            f"{label} raised {describe_exception(exc)}", f"check `arch_args`; {_DEBUG_HINT}"
         ) from exc
     if not isinstance(model, nn.Module):
         what = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
@@ -300,7 +312,7 @@ def _accepted(label: str, signature: inspect.Signature) -> str:
         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     return (
-        f"{label} takes: {', '.join(params)}" if params else f"{label} takes no arguments; drop --arch-args"
+        f"{label} takes: {', '.join(params)}" if params else f"{label} takes no arguments; drop `arch_args`"
     )
 
 

@@ -92,7 +92,7 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
             "score it first (prunecli.pipelines.score.score) and give the scores, or use prune",
         )
     if not req.names:
-        raise InputError("no tensor is prunable", "choose tensors with --include GLOB")
+        raise InputError("no tensor is prunable", "choose tensors with `include` GLOB", option="include")
     ckpt = req.checkpoint
     with (
         ThreadPoolExecutor(max_workers=2) as pool,  # hashing overlaps with selection
@@ -211,12 +211,15 @@ def apply(
     from prunecli.io.scores_file import open_scores
 
     if (scores is None) == (method is None):
-        raise UsageError("give exactly one of --scores and --method", "e.g. --method magnitude")
+        raise UsageError("give exactly one of `scores` and `method`", "e.g. `method` magnitude",
+                         option="method", value=method)  # fmt: skip
     chosen = get_method(method) if isinstance(method, str) else method
     if chosen is not None and chosen.needs_model:
         raise UsageError(
-            f"apply --method scores without a model, but {chosen.name} needs one",
-            f"use prunecli prune -m {chosen.name} --arch SPEC ..., or prunecli score then apply --scores",
+            f"apply `method` scores without a model, but {chosen.name} needs one",
+            f"use prunecli prune -m {chosen.name} `arch` SPEC ..., or prunecli score then apply `scores`",
+            option="method",
+            value=chosen.name,
         )
     with open_checkpoint(Path(checkpoint)) as ckpt:
         score_file = open_scores(Path(scores), ckpt) if scores is not None else None

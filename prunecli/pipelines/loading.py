@@ -22,13 +22,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} was asked for but CUDA is not available", "use --device cpu")
+        raise UsageError(f"`device` {name} was asked for but CUDA is not available", "use `device` cpu",
+                         option="device", value=name)  # fmt: skip
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown --device {name!r}", "use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown `device` {name!r}", "use auto, cpu, cuda or cuda:N",
+                         option="device", value=name) from None  # fmt: skip
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)", "pick another")
+        raise UsageError(f"`device` {name}: only {torch.cuda.device_count()} CUDA device(s)", "pick another",
+                         option="device", value=name)  # fmt: skip
     return device
 
 
@@ -65,7 +68,8 @@ def load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]
     parameters = dict(model.named_parameters())
     names = [n for n in names if n in parameters]
     if not names:
-        raise InputError("no prunable parameter in the model", "choose them with --include GLOB")
+        raise InputError("no prunable parameter in the model", "choose them with `include` GLOB",
+                         option="include")  # fmt: skip
     return model, names, notes
 
 
@@ -107,7 +111,7 @@ def check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
         reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:150]
         raise InputError(
             f"inputs of shape {list(inputs.shape[1:])} do not fit the model ({reason})",
-            "check --data / --input-shape against --arch",
+            "check `data` / `input_shape` against `arch`",
         ) from None
     finally:
         model.train(mode)
@@ -127,5 +131,6 @@ def input_shape_of(req: ScoreRequest, calibration: Calibration | None) -> tuple[
         calibration.example_shape if calibration else default_input_shape(req.arch, req.arch_args)
     )
     if shape is None:
-        raise UsageError(f"{req.method.name} needs an input shape", "add --input-shape, e.g. 3x32x32")
+        raise UsageError(f"{req.method.name} needs an input shape", "add `input_shape`, e.g. 3x32x32",
+                         option="input_shape")  # fmt: skip
     return tuple(shape)

@@ -11,6 +11,7 @@ method's declarations (`prunecli.scoring.registry.Method`), never from its name.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,8 +187,9 @@ def score_request(
     chosen = get_method(method) if isinstance(method, str) else method
     if sparsity is not None and chosen.needs_model and not 0.0 <= sparsity <= 1.0:
         raise UsageError(
-            f"--sparsity {sparsity} is outside [0, 1]", "give --sparsity as a fraction, e.g. 0.9"
-        )
+            f"`sparsity` {sparsity} is outside [0, 1]", "give `sparsity` as a fraction, e.g. 0.9",
+            option="sparsity", value=sparsity, bounds=(0.0, 1.0),
+        )  # fmt: skip
     return ScoreRequest(
         checkpoint=Path(checkpoint),
         method=chosen,
@@ -217,7 +219,8 @@ def scored(req: ScoreRequest, progress: Progress | None = None) -> Iterator[Scor
     from prunecli.selection.prunable import prunable_names
 
     if req.density is not None:
-        raise UsageError(f"{req.method.name} takes no --sparsity at score time", "give the sparsity to apply")
+        raise UsageError(f"{req.method.name} takes no `sparsity` at score time", "give the sparsity to apply",
+                         option="sparsity", value=round(1.0 - req.density, 12))  # fmt: skip
     options = build_options(req.method, req.options, {}, all_methods())
     with open_checkpoint(req.checkpoint) as ckpt:
         names = prunable_names(ckpt.tensors, req.include, req.exclude)
@@ -256,26 +259,36 @@ def _validate(req: ScoreRequest) -> MethodOptions:
     """Check a model-based request once, at the edge; return the method's typed options."""
     m = req.method
     if req.arch is None:
-        raise UsageError(f"{m.name} needs a model", "add --arch (e.g. --arch lenet-300-100)")
+        raise UsageError(f"{m.name} needs a model", "add `arch` (e.g. `arch` lenet-300-100)", option="arch")
     check_keys(m, req.options, all_methods())
     if m.returns == "weights":
         raise UsageError(f"{m.name} returns updated weights, which no pipeline applies yet", "use a scorer")
     if m.data == "batches" and req.data is None:
-        raise UsageError(f"{m.name} needs calibration data", "add --data FILE (or --data random:SHAPE)")
+        raise UsageError(f"{m.name} needs calibration data", "add `data` FILE (or `data` random:SHAPE)",
+                         option="data")  # fmt: skip
     if m.iterative and req.density is None:
-        raise UsageError(f"{m.name} is iterative and needs the target at score time", "add --sparsity S")
+        raise UsageError(f"{m.name} is iterative and needs the target at score time", "add `sparsity` S",
+                         option="sparsity")  # fmt: skip
     if not m.iterative and req.density is not None:
-        raise UsageError(f"{m.name} takes no --sparsity at score time", "give the sparsity to apply instead")
+        raise UsageError(f"{m.name} takes no `sparsity` at score time", "give the sparsity to apply instead",
+                         option="sparsity", value=round(1.0 - req.density, 12))  # fmt: skip
     if req.iterations is not None and req.iterations < 1:
-        raise UsageError(f"--iterations {req.iterations} must be at least 1", "use e.g. --iterations 100")
+        raise UsageError(f"`iterations` {req.iterations} must be at least 1", "use e.g. `iterations` 100",
+                         option="iterations", value=req.iterations, bounds=(1, math.inf))  # fmt: skip
     if req.bn_mode not in (None, "eval", "train"):
-        raise UsageError(f"unknown --bn-mode {req.bn_mode!r}", "use eval or train")
+        raise UsageError(f"unknown `bn_mode` {req.bn_mode!r}", "use eval or train",
+                         option="bn_mode", value=req.bn_mode, allowed=("eval", "train"))  # fmt: skip
     if req.dtype not in (None, "float32", "float64"):
-        raise UsageError(f"unknown --dtype {req.dtype!r}", "use float32 or float64")
+        raise UsageError(f"unknown `dtype` {req.dtype!r}", "use float32 or float64",
+                         option="dtype", value=req.dtype, allowed=("float32", "float64"))  # fmt: skip
     if req.temperature is not None and req.temperature <= 0:
-        raise UsageError(f"--temperature {req.temperature} must be positive", "GraSP uses 200")
+        raise UsageError(f"`temperature` {req.temperature} must be positive", "GraSP uses 200",
+                         option="temperature", value=req.temperature)  # fmt: skip
     if req.batch_size < 1 or req.num_batches < 1:
-        raise UsageError("--batch-size and --num-batches must be at least 1", "e.g. --batch-size 100")
+        key = "batch_size" if req.batch_size < 1 else "num_batches"
+        value = req.batch_size if key == "batch_size" else req.num_batches
+        raise UsageError("`batch_size` and `num_batches` must be at least 1", "e.g. `batch_size` 100",
+                         option=key, value=value, bounds=(1, math.inf))  # fmt: skip
     shared = {"iterations": req.iterations, "schedule": req.schedule, "temperature": req.temperature}
     return build_options(m, req.options, shared, all_methods())
 
@@ -375,7 +388,7 @@ def float32_scores(result: ScoreResult, masks: bool | None = None) -> Iterator[t
     for name in scores:
         s = scores[name].detach()
         if not torch.isfinite(s).all():
-            raise ScoreError(f"scores of {name} contain NaN or infinite values", "try --dtype float64")
+            raise ScoreError(f"scores of {name} contain NaN or infinite values", "try `dtype` float64")
         if masks is not None:
             s = torch.where(masks[name], s.clamp(min=0) * scale, -1.0)
         elif scale is not None:

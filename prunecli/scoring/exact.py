@@ -186,8 +186,10 @@ def _too_many(total: int, max_params: int, per_weight: float, basis: str) -> Exc
         f"exact salience needs one forward pass per weight: {total:,} weights would take about "
         f"{format_duration(total * per_weight)} ({per_weight * 1e3:.3g} ms per weight, {basis}); "
         f"the limit is {max_params:,} weights",
-        "raise --max-params to run it anyway, use fewer or smaller batches, "
-        "or estimate instead: -m obd --hessian hutchinson, or -m taylor",
+        "raise `max_params` to run it anyway, use fewer or smaller batches, "
+        "or estimate instead: -m obd `hessian` hutchinson, or -m taylor",
+        option="max_params",
+        value=max_params,
     )
 
 
@@ -212,7 +214,7 @@ def format_duration(seconds: float) -> str:
     labels="optional",
     bn_mode="eval",
     options=ExactOptions,
-    requirements=("one forward pass per weight (--max-params)",),
+    requirements=("one forward pass per weight (`max_params`)",),
 )
 def exact_method(ctx: ScoringContext, options: ExactOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult

@@ -33,7 +33,8 @@ class GraspOptions(MethodOptions):
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise UsageError(f"--temperature {self.temperature} must be positive", "GraSP uses 200")
+            raise UsageError(f"`temperature` {self.temperature} must be positive", "GraSP uses 200",
+                             option="temperature", value=self.temperature)  # fmt: skip
 
 
 def grasp_scores(

@@ -227,7 +227,8 @@ def _check_hessian(hessian: str) -> None:
     from prunecli.errors import UsageError
 
     if hessian not in HESSIANS:
-        raise UsageError(f"unknown --hessian {hessian!r}", f"choose one of: {', '.join(HESSIANS)}")
+        raise UsageError(f"unknown `hessian` {hessian!r}", f"choose one of: {', '.join(HESSIANS)}",
+                         option="hessian", value=hessian, allowed=HESSIANS)  # fmt: skip
 
 
 def _too_many(total: int, max_params: int) -> Exception:
@@ -236,7 +237,9 @@ def _too_many(total: int, max_params: int) -> Exception:
     return UsageError(
         f"the exact Hessian diagonal needs one Hessian-vector product per weight, and this model "
         f"has {total:,} prunable weights (limit: {max_params:,})",
-        "use --hessian hutchinson (with --hutchinson-samples K), or raise --max-params",
+        "use `hessian` hutchinson (with `hutchinson_samples` K), or raise `max_params`",
+        option="max_params",
+        value=max_params,
     )
 
 
@@ -248,7 +251,7 @@ def _too_many(total: int, max_params: int) -> Exception:
     labels="optional",
     bn_mode="eval",
     options=ObdOptions,
-    requirements=(f"--hessian {'|'.join(HESSIANS)}",),
+    requirements=(f"`hessian` {'|'.join(HESSIANS)}",),
 )
 def obd_method(ctx: ScoringContext, options: ObdOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult

@@ -10,6 +10,7 @@ the scores (a memory or time limit) is not recorded (`option(recorded=False)`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,8 @@ class IterativeOptions(MethodOptions):
     def __post_init__(self) -> None:
         check_counts(iterations=self.iterations)
         if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown --schedule {self.schedule!r}", "use exp or linear")
+            raise UsageError(f"unknown `schedule` {self.schedule!r}", "use exp or linear",
+                             option="schedule", value=self.schedule, allowed=SCHEDULES)  # fmt: skip
 
 
 def build_options(
@@ -101,19 +103,21 @@ def check_keys(method: Method, given: Iterable[str], methods: Iterable[Method]) 
     keys = method.options.keys()
     for key in given:
         if key not in keys:
-            raise _not_taken(key, method.name, [m.name for m in methods if key in m.options.keys()])
+            value = given.get(key) if isinstance(given, Mapping) else None
+            raise _not_taken(key, value, method.name, [m.name for m in methods if key in m.options.keys()])
 
 
-def _not_taken(key: str, name: str, users: list[str]) -> UsageError:
-    flag = "--" + key.replace("_", "-")
+def _not_taken(key: str, value: Any, name: str, users: list[str]) -> UsageError:
     if not users:
-        return UsageError(f"unknown method option {key!r}", "see the method's options class")
-    return UsageError(f"{flag} applies to {' and '.join(users)}, not {name}", f"drop {flag}")
+        return UsageError(f"unknown method option {key!r}", "see the method's options class",
+                          option=key, value=value)  # fmt: skip
+    return UsageError(f"`{key}` applies to {' and '.join(users)}, not {name}", f"drop `{key}`",
+                      option=key, value=value)  # fmt: skip
 
 
 def check_counts(**values: int | None) -> None:
-    """Refuse counts below 1 (`max_params=0` names the flag --max-params); None is unset."""
+    """Refuse counts below 1 (`max_params=0` names the parameter `max_params`); None is unset."""
     for key, value in values.items():
         if value is not None and value < 1:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{flag} {value} must be at least 1", f"give {flag} a positive count")
+            raise UsageError(f"`{key}` {value} must be at least 1", f"give `{key}` a positive count",
+                             option=key, value=value, bounds=(1, math.inf))  # fmt: skip

@@ -93,14 +93,18 @@ class Method:
 
     @property
     def needs(self) -> str:
-        """What the user must give, in words, from the declarations (`prunecli methods`)."""
+        """What the user must give, in words, from the declarations (`prunecli methods`).
+
+        Parameters are named in backticks (`` `arch` and `data` ``), as in error messages; the
+        CLI renders them as its flags (`--arch`).
+        """
         if self.needs_model:
-            data = {"none": "", "input-shape": " and --input-shape (no data)"}
-            parts = ["--arch" + data.get(self.data, f" and --data {LABELS[self.labels]}")]
+            data = {"none": "", "input-shape": " and `input_shape` (no data)"}
+            parts = ["`arch`" + data.get(self.data, f" and `data` {LABELS[self.labels]}")]
         else:
             parts = ["checkpoint only" + (" (shapes)" if self.reads == "shapes" else "")]
         if self.iterative:
-            parts.append("--sparsity at score time")
+            parts.append("`sparsity` at score time")
         parts += self.requirements
         if self.default_scope is not None:
             parts.append(f"compare per {self.default_scope}")

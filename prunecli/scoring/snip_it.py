@@ -143,7 +143,7 @@ def loss_and_gradient(
     iterative=True,
     returns="masks",
     options=SnipItOptions,
-    requirements=(f"--iterations S ({DEFAULT_STEPS})",),
+    requirements=(f"`iterations` S ({DEFAULT_STEPS})",),
 )
 def snip_it_method(ctx: ScoringContext, options: SnipItOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult

@@ -129,19 +129,21 @@ def _refuse_train_mode_batch_norm(model: torch.nn.Module) -> None:
     if model.training and any(isinstance(m, _BatchNorm) for m in model.modules()):
         raise UsageError(
             "per-sample gradients (the empirical Fisher) are undefined with train-mode batch norm",
-            "use --bn-mode eval",
+            "use `bn_mode` eval",
+            option="bn_mode",
+            value="train",
         )
 
 
 @register_model_method(
     "taylor",
-    summary="(g⊙θ)²: first-order Taylor importance; --fisher: mean of per-sample (g⊙θ)²",
+    summary="(g⊙θ)²: first-order Taylor importance; `fisher`: mean of per-sample (g⊙θ)²",
     paper="Molchanov et al. 2019 (CVPR)",
     data="batches",
     labels="optional",
     bn_mode="eval",
     options=TaylorOptions,
-    requirements=("--fisher for the empirical Fisher",),
+    requirements=("`fisher` for the empirical Fisher",),
 )
 def taylor_method(ctx: ScoringContext, options: TaylorOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult

@@ -133,7 +133,8 @@ def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Modu
         raise UsageError(
             f"wanda scores only Linear and Conv2d weights, not {', '.join(other[:3])}"
             + (f" and {len(other) - 3} more" if len(other) > 3 else ""),
-            "leave them out with --exclude GLOB",
+            "leave them out with `exclude` GLOB",
+            option="exclude",
         )
     return found
 
