@@ -21,7 +21,7 @@ import numpy as np
 from prunecli.errors import InputError, ManifestError, UsageError
 from prunecli.io.checkpoints import open_checkpoint, require_file
 from prunecli.io.dtypes import zero_count
-from prunecli.io.manifest import MANIFEST_FILE, read_manifest
+from prunecli.io.manifest import MANIFEST_FILE, read_manifest, tensor_record
 from prunecli.io.safetensors_file import SafetensorsReader
 from prunecli.io.safetensors_header import read_header
 from prunecli.selection.prunable import prunable_names
@@ -51,17 +51,7 @@ def summarize_checkpoint(
         tensors = []
         for name, info in ckpt.tensors.items():
             kept = info.numel - zero_count(ckpt.view(name), info.dtype)  # mapped, not copied
-            tensors.append(
-                {
-                    "name": name,
-                    "shape": list(info.shape),
-                    "dtype": info.dtype,
-                    "numel": info.numel,
-                    "kept": kept,
-                    "density": kept / info.numel if info.numel else 1.0,
-                    "pruned": name in chosen,
-                }
-            )
+            tensors.append(tensor_record(name, info.shape, info.dtype, kept, name in chosen))
         notes = list(ckpt.notes)
     return {"path": str(path), "kind": "checkpoint", "tensors": tensors, "totals": _totals(tensors),
             "warnings": [], "notes": notes}  # fmt: skip

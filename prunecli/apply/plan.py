@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 
 from prunecli.io.checkpoints import Checkpoint
-from prunecli.io.dtypes import finite_weights, raw_dtype
+from prunecli.io.dtypes import CACHE_BLOCK, finite_weights, raw_dtype
 from prunecli.progress import Progress
 from prunecli.scoring.registry import Method
 from prunecli.selection.spec import SelectionSpec
@@ -36,7 +36,7 @@ from prunecli.selection.threshold import (
 )
 from prunecli.selection.workers import INLINE, Workers
 
-BLOCK = 1 << 18  # keys made per step on the fast path: a block and its temporaries stay in cache
+BLOCK = CACHE_BLOCK  # keys made per step on the fast path
 SEGMENT = 1 << 20  # entries per masking job in the write pass (a multiple of 8: whole mask bytes)
 LAYER_SAMPLE = 1 << 20  # keys sampled per tensor for a layer-scope threshold
 

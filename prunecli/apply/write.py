@@ -17,7 +17,7 @@ import numpy as np
 from prunecli.apply.isometry import Refiner
 from prunecli.apply.plan import BLOCK, SEGMENT, KeySource, MaskPart, MaskPlan, Scratch
 from prunecli.io.dtypes import as_unsigned, itemsize
-from prunecli.io.manifest import MASKS_FILE, MODEL_FILE
+from prunecli.io.manifest import MASKS_FILE, MODEL_FILE, tensor_record
 from prunecli.io.safetensors_file import SafetensorsWriter
 from prunecli.progress import Progress
 from prunecli.scoring.random_baseline import tensor_rng
@@ -27,23 +27,6 @@ from prunecli.selection.threshold import (
 from prunecli.selection.workers import INLINE, Workers
 
 SHUFFLE_STREAM = 1  # random-stream id for --shuffle, distinct from random scores
-
-
-def _tensor_record(
-    name: str, info: Any, kept: int, pruned: bool, channels: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    record = {
-        "name": name,
-        "shape": list(info.shape),
-        "dtype": info.dtype,
-        "numel": info.numel,
-        "kept": kept,
-        "density": kept / info.numel if info.numel else 1.0,
-        "pruned": pruned,
-    }
-    if channels is not None:
-        record["groups"] = {"kept": channels[0], "total": channels[1]}
-    return record
 
 
 class MaskedCopier:
@@ -165,6 +148,6 @@ def write_pruned(
                 model_out.write(name, raw)
             groups = plan.groups.get(name) if plan.groups is not None else None
             counts = None if groups is None else (int(groups.sum()), groups.size)
-            records.append(_tensor_record(name, info, kept, name in chosen, counts))
+            records.append(tensor_record(name, info.shape, info.dtype, kept, name in chosen, counts))
             progress.advance()
     return records

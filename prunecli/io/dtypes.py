@@ -57,7 +57,8 @@ def as_unsigned(raw: np.ndarray) -> np.ndarray:
     return raw.view(_UINT_OF_WIDTH[raw.dtype.itemsize])
 
 
-ZERO_BLOCK = 1 << 18  # entries masked per step in zero_count: the temporary stays in cache
+CACHE_BLOCK = 1 << 18  # elements per step of a blocked pass: a block and its temporaries stay in cache
+ZERO_BLOCK = CACHE_BLOCK  # entries masked per step in zero_count
 
 
 def zero_count(raw: np.ndarray, dtype: str) -> int:

@@ -7,6 +7,7 @@ A reader refuses a newer `schema_version` with a clear message.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,30 @@ def schema_errors(value: Any, schema: dict[str, Any] = SCHEMA, where: str = "$")
         for i, item in enumerate(value):
             errors += schema_errors(item, schema["items"], f"{where}[{i}]")
     return errors
+
+
+def tensor_record(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    kept: int,
+    pruned: bool,
+    groups: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """One entry of a manifest's (and of `inspect`'s) `tensors`: what a tensor keeps."""
+    numel = math.prod(shape)
+    record: dict[str, Any] = {
+        "name": name,
+        "shape": list(shape),
+        "dtype": dtype,
+        "numel": numel,
+        "kept": kept,
+        "density": kept / numel if numel else 1.0,
+        "pruned": pruned,
+    }
+    if groups is not None:
+        record["groups"] = {"kept": groups[0], "total": groups[1]}
+    return record
 
 
 def dumps(manifest: dict[str, Any]) -> str:

@@ -20,9 +20,10 @@ from functools import partial
 import numpy as np
 
 from prunecli.errors import ScoreError, UsageError
+from prunecli.io.dtypes import CACHE_BLOCK
 from prunecli.selection.workers import INLINE, Workers
 
-CHUNK = 1 << 18  # elements per chunk: small enough that a chunk's temporaries stay in cache
+CHUNK = CACHE_BLOCK  # elements per chunk of the radix passes
 _BINS = 1 << 16
 _NONFINITE_LOW = 0x007FFFFF  # keys at or below: -inf or NaN with the sign bit set
 _NONFINITE_HIGH = 0xFF800000  # keys at or above: +inf or NaN
