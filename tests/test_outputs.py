@@ -107,6 +107,24 @@ def test_score_over_its_own_checkpoint_is_refused(cli, init: Path) -> None:
     assert digest(init) == before
 
 
+def test_export_never_writes_over_the_weights_it_reads(cli, init: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    out = tmp_path / "out"
+    assert cli("apply", init, "-m", "magnitude", "-s", "0.9", "-o", out).code == 0
+    before = {p.name: digest(p) for p in out.iterdir()}
+    for target in (out / "model.safetensors", out / "manifest.json"):
+        r = cli("export", out, "--arch", "lenet-300-100", "-o", target, "--force")
+        assert r.code == 2 and f"output {target} is the input" in one_error_line(r)
+    assert {p.name: digest(p) for p in out.iterdir()} == before
+
+
+def test_a_missing_output_folder_is_named_before_any_lock(cli, init: Path, tmp_path: Path) -> None:
+    r = cli("apply", init, "-m", "magnitude", "-s", "0.9", "-o", tmp_path / "no" / "out")
+    assert r.code == 2
+    assert one_error_line(r) == f"error: output folder {tmp_path / 'no'} does not exist. create it first."
+    assert not (tmp_path / "no").exists()
+
+
 def test_the_current_folder_is_never_an_output(cli, init: Path, tmp_path: Path, monkeypatch) -> None:
     elsewhere = tmp_path / "a" / "work"
     elsewhere.mkdir(parents=True)
@@ -166,10 +184,12 @@ def test_stale_temporaries_of_dead_processes_are_swept(tmp_path: Path) -> None:
     other_host.write_text("")
     user_file = tmp_path / ".out.prunecli-tmp-notes"
     user_file.write_text("")
+    users_lock_name = tmp_path / "notes.prunecli-lock"  # not one of prunecli's hidden lock names
+    users_lock_name.write_text("mine")
     stale_lock = tmp_path / f".out{outputs.LOCK_SUFFIX}"
     stale_lock.write_text("12345\n")
     assert sorted(sweep_stale(tmp_path)) == sorted([dead, stale_lock])
-    assert mine.is_dir() and other_host.exists() and user_file.exists()
+    assert mine.is_dir() and other_host.exists() and user_file.exists() and users_lock_name.exists()
 
 
 CHILD = """

@@ -236,3 +236,42 @@ def test_prune_refuses_a_taken_output_before_scoring(lenet: Path, tmp_path: Path
 def test_prune_refuses_unknown_arguments(lenet: Path, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="unexpected keyword arguments: sparsity"):
         prune(lenet, tmp_path / "out", SelectionSpec(density=0.1), "magnitude", sparsity=0.9)
+
+
+def test_prune_prints_each_checkpoint_note_once(tmp_path: Path) -> None:
+    import torch
+
+    from prunecli.io.checkpoints import load_state_dict
+
+    state = {f"module.{k}": v for k, v in load_state_dict(_lenet_file(tmp_path)).items()}
+    torch.save(state, tmp_path / "ddp.pt")
+    applied = prune(tmp_path / "ddp.pt", tmp_path / "out", SelectionSpec(density=0.5), "synflow",
+                    arch="lenet-300-100", iterations=2)  # fmt: skip
+    assert applied.notes == ["stripped the 'module.' prefix (DataParallel/DDP) from every key"]
+
+
+def test_scores_of_a_sharded_checkpoint_name_every_shard(tmp_path: Path) -> None:
+    from prunecli.io.checkpoints import checkpoint_files, sha256_of_files
+    from prunecli.io.safetensors_file import SafetensorsReader, write_arrays
+
+    reader = SafetensorsReader(_lenet_file(tmp_path))
+    weight_map = {}
+    for i, name in enumerate(reader.tensors):
+        shard = f"part-{i}.safetensors"
+        write_arrays(tmp_path / shard, {name: (reader.tensors[name].dtype, reader.read(name).copy())}, {})
+        weight_map[name] = shard
+    reader.close()
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    applied = prune(index, tmp_path / "out", SelectionSpec(density=0.5), "synflow", arch="lenet-300-100",
+                    iterations=2)  # fmt: skip
+    assert applied.warnings == []  # no "computed on another checkpoint": one fingerprint for both
+    assert applied.manifest["source"]["sha256"] == sha256_of_files(checkpoint_files(index))
+
+
+def _lenet_file(folder: Path) -> Path:
+    from prunecli.models.initialize import init_checkpoint
+
+    path = folder / "lenet.safetensors"
+    init_checkpoint("lenet-300-100", path, seed=0)
+    return path

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from prunecli.cli import options as opt
 from prunecli.cli.output import RichProgress, report_applied
 from prunecli.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 
 
 def apply(

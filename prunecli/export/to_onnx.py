@@ -173,21 +173,26 @@ def export_onnx(request: ExportRequest) -> ExportReport:
         >>> round(report.ratio, 2), report.verification.passed  # VGG-16 pruned to 90% by magnitude
         (3.41, True)
     """
+    from prunecli.io.checkpoints import checkpoint_files
     from prunecli.io.outputs import existing_inputs, output_lock
 
     start = time.perf_counter()
     request.validate()
     onnx, ort = require_onnx()
-    inputs = existing_inputs(request.source, request.arch, request.data)
+    weights, manifest = resolve_source(request.source)  # a folder or manifest names its weights
+    inputs = existing_inputs(request.source, request.arch, request.data) + checkpoint_files(weights)
+    if weights != request.source:
+        inputs.append(weights.parent / "manifest.json")
     _check_output(request.output, request.force, inputs)
     with output_lock(request.output):
         _check_output(request.output, request.force, inputs)  # again, now that no one else writes it
-        return _export(request, onnx, ort, start)
+        return _export(request, weights, manifest, onnx, ort, start)
 
 
-def _export(request: ExportRequest, onnx: Any, ort: Any, start: float) -> ExportReport:
+def _export(
+    request: ExportRequest, weights: Path, manifest: dict[str, Any] | None, onnx: Any, ort: Any, start: float
+) -> ExportReport:
     """The export itself, run while the output is locked."""
-    weights, manifest = resolve_source(request.source)
     model, weights_sha256, notes = _load_model(request, weights)
     shape = _input_shape(request)
     x = _seeded_batch(request.seed, request.static_batch or 2, shape, request.dtype)

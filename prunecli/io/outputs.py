@@ -27,6 +27,7 @@ from prunecli.errors import DiskFullError, InputError, OutputBusyError, OutputEx
 TEMP_MARK = ".prunecli-tmp-"
 LOCK_SUFFIX = ".prunecli-lock"
 OUTPUT_FOLDER_FILES = frozenset({"model.safetensors", "masks.safetensors", "manifest.json"})
+_LOCK_NAME = re.compile(r"^\..+\.prunecli-lock$")
 _TEMP_NAME = re.compile(r"^\..+\.prunecli-tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -72,7 +73,7 @@ def sweep_stale(folder: Path) -> list[Path]:
             else:
                 path.unlink(missing_ok=True)
             removed.append(path)
-        elif entry.name.endswith(LOCK_SUFFIX) and _remove_if_unheld(Path(entry.path)):
+        elif _LOCK_NAME.match(entry.name) and _remove_if_unheld(Path(entry.path)):
             removed.append(Path(entry.path))
     return removed
 
@@ -188,6 +189,8 @@ def output_lock(target: Path) -> Iterator[None]:
     when the holder exits, however it exits, and a later run removes the file.
     """
     lock_path = target.absolute().parent / f".{target.name}{LOCK_SUFFIX}"
+    if not lock_path.parent.is_dir():
+        raise InputError(f"output folder {lock_path.parent} does not exist", "create it first")
     while True:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -290,6 +293,7 @@ def output_folder(path: Path, force: bool, inputs: Iterable[Path] = ()) -> Itera
         try:
             yield tmp
             tmp.chmod(0o755)
+            check_output_folder(path, force, inputs)  # again: the folder may have changed meanwhile
             _publish(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

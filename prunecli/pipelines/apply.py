@@ -29,9 +29,7 @@ from prunecli.io.outputs import output_folder
 from prunecli.progress import NoProgress, Progress
 from prunecli.scoring.registry import Method, get_method
 from prunecli.selection.spec import SelectionSpec
-from prunecli.selection.threshold import (
-    keep_count,
-)
+from prunecli.selection.threshold import keep_count
 from prunecli.selection.workers import Workers, worker_count
 
 

@@ -133,4 +133,4 @@ def prune(
             ckpt, output, spec, method=None, scores=held, scores_path=label, seed=seed, force=force,
             inputs=inputs, progress=progress,
         )  # fmt: skip
-        return Applied(manifest, result.notes + list(ckpt.notes))
+        return Applied(manifest, result.notes + [n for n in ckpt.notes if n not in result.notes])

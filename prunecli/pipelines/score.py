@@ -346,14 +346,14 @@ def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredMod
 
 def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibration | None) -> dict[str, str]:
     """String metadata of a scores file: method, options, provenance of model and data."""
-    from prunecli.io.checkpoints import sha256_of_files
+    from prunecli.io.checkpoints import checkpoint_files, sha256_of_files
 
     metadata = {
         "format": SCORES_FORMAT,
         "method": req.method.name,
         "params": json.dumps(params, sort_keys=True),
         "seed": str(req.seed),
-        "source_sha256": sha256_of_files([req.checkpoint]),
+        "source_sha256": sha256_of_files(checkpoint_files(req.checkpoint)),
         "arch": req.arch,
         "data_fingerprint": calibration.fingerprint if calibration else "",
         "data": json.dumps(calibration.record(), sort_keys=True) if calibration else "",
