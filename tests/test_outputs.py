@@ -164,6 +164,29 @@ def test_a_locked_output_is_refused_with_the_holders_pid(cli, init: Path, tmp_pa
     assert leftovers(tmp_path) == []
 
 
+def test_a_lock_briefly_held_by_no_named_writer_is_waited_for(tmp_path: Path) -> None:
+    """A sweep tests an unheld lock by taking it for a moment: a writer then waits, not fails."""
+    import fcntl
+    import threading
+
+    target = tmp_path / "out"
+    lock = tmp_path / f".out{outputs.LOCK_SUFFIX}"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, no PID written: what a sweep looks like from outside
+
+    def release() -> None:
+        time.sleep(0.2)
+        lock.unlink()
+        os.close(fd)
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    with output_lock(target):
+        assert lock.read_text() == f"{os.getpid()}\n"
+    releaser.join()
+    assert not lock.exists()
+
+
 # leftovers of dead runs are swept ---------------------------------------------------------------
 
 

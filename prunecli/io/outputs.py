@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import re
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,7 @@ from prunecli.errors import DiskFullError, InputError, OutputBusyError, OutputEx
 
 TEMP_MARK = ".prunecli-tmp-"
 LOCK_SUFFIX = ".prunecli-lock"
+UNNAMED_HOLDER_RETRIES = 100  # ~1 s: a lock held by no named writer is only being tested or taken
 OUTPUT_FOLDER_FILES = frozenset({"model.safetensors", "masks.safetensors", "manifest.json"})
 _LOCK_NAME = re.compile(r"^\..+\.prunecli-lock$")
 _TEMP_NAME = re.compile(r"^\..+\.prunecli-tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
@@ -191,7 +194,7 @@ def output_lock(target: Path) -> Iterator[None]:
     lock_path = target.absolute().parent / f".{target.name}{LOCK_SUFFIX}"
     if not lock_path.parent.is_dir():
         raise InputError(f"output folder {lock_path.parent} does not exist", "create it first")
-    while True:
+    for attempt in itertools.count():
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -199,10 +202,13 @@ def output_lock(target: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
+            if not holder and attempt < UNNAMED_HOLDER_RETRIES:
+                time.sleep(0.01)  # a sweep testing the lock, or a writer not yet named: brief
+                continue
             raise OutputBusyError(
-                f"{target} is being written by PID {holder}",
+                f"{target} is being written by PID {holder or '?'}",
                 "wait for that run to finish, or choose another output",
             ) from None
         if _same_file(fd, lock_path):  # not unlinked by its last holder while we waited
