@@ -266,7 +266,7 @@ def test_wanda_conv2d_matches_hand_unfolding(kwargs: dict, pads: tuple[int, int,
 
 
 def test_wanda_refuses_other_tensors() -> None:
-    with pytest.raises(UsageError, match=r"only Linear and Conv2d weights, not 0\.bias"):
+    with pytest.raises(UsageError, match=r"only Linear, Conv2d and Conv1D weights, not 0\.bias"):
         wanda_scores(nn.Sequential(nn.Linear(3, 2)), ["0.bias"], [(torch.ones(1, 3), None)])
 
 

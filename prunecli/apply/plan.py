@@ -3,6 +3,10 @@
 For global scope, pass 1 keys a strided sample of every tensor and pass 2 counts against
 the sample's bounds (`selection.threshold.find_threshold`). Scores are recomputed per pass
 instead of held, so memory stays near the largest tensor whatever the model's size.
+
+Rules with an orientation (`scope` row, `pattern` N:M, `structure`) take a weight as
+(out, in, ...). A tensor named in `transposed` is stored (in, out), as GPT-2's Conv1D:
+those rules see it transposed, and its mask is transposed back.
 """
 
 from __future__ import annotations
@@ -168,6 +172,7 @@ class MaskPlan:
     groups: dict[str, np.ndarray] | None = None  # structured: keep mask over filters/channels
     starts: dict[str, int] = field(default_factory=dict)  # global: each tensor's first position
     workers: Workers = field(default=INLINE, repr=False)  # for layer-scope thresholds
+    transposed: frozenset[str] = frozenset()  # tensors stored (in, out): rows, N:M, groups see .T
 
     def tensor_threshold(self, name: str, source: KeySource) -> tuple[Threshold, int] | None:
         """The threshold that masks `name` key by key, and the position of its first key.
@@ -227,13 +232,19 @@ class MaskPlan:
         return lambda start, out, keys: np.copyto(out, whole[start : start + out.size])
 
     def _whole_mask(self, name: str, source: KeySource) -> np.ndarray:
+        flip = name in self.transposed  # stored (in, out): oriented rules work on .T, (out, in)
         if self.groups is not None:
-            return expand(self.groups[name], source.ckpt.tensors[name].shape, self.spec.structure)
+            shape = source.ckpt.tensors[name].shape
+            mask = expand(self.groups[name], shape[::-1] if flip else shape, self.spec.structure)
+            return mask.T if flip else mask
         keys = source.keys(name)
-        if self.spec.pattern:
-            return nm_mask(keys, *self.spec.pattern, name)
-        if self.spec.scope == "row":
-            return row_mask(keys, self.spec.density)
+        if self.spec.pattern or self.spec.scope == "row":
+            keys = np.ascontiguousarray(keys.T) if flip else keys  # (out, in, ...)
+            if self.spec.pattern:
+                mask = nm_mask(keys, *self.spec.pattern, name)
+            else:
+                mask = row_mask(keys, self.spec.density)
+            return mask.T if flip else mask
         if self.threshold is None:
             return topk_mask(keys, self.counts[name])
         free_keys, reserved = self.residual(name, keys)
@@ -242,12 +253,34 @@ class MaskPlan:
 
 
 def plan_masks(
-    source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress, workers: Workers = INLINE
+    source: KeySource,
+    names: list[str],
+    spec: SelectionSpec,
+    progress: Progress,
+    workers: Workers = INLINE,
+    transposed: frozenset[str] = frozenset(),
 ) -> MaskPlan:
-    """Decide per-tensor counts, and for global scope run the streamed select (on `workers`)."""
+    """Decide per-tensor counts, and for global scope run the streamed select (on `workers`).
+
+    Args:
+        source: the keys (and scores) of each tensor.
+        names: the tensors to mask, in flat order.
+        spec: the selection rule.
+        progress: reports stages and steps.
+        workers: threads for the streamed select and for masking.
+        transposed: tensors stored (in, out), as GPT-2's Conv1D: `scope` row, `pattern` N:M and
+            `structure` work along each output's inputs there (a column, not a row).
+
+    Returns:
+        The plan that `MaskPlan.mask` and `MaskPlan.mask_of` read the masks from.
+
+    Example:
+        >>> plan = plan_masks(source, ["h.0.attn.c_attn.weight"], SelectionSpec(0.5, scope="row"),
+        ...                   NoProgress(), transposed=frozenset({"h.0.attn.c_attn.weight"}))
+    """
     infos = [source.ckpt.tensors[n] for n in names]
     if spec.structure:
-        return _plan_groups(source, names, spec, progress)
+        return _plan_groups(source, names, spec, progress, transposed)
     if spec.pattern or spec.scope in ("layer", "row"):
         densities = [spec.density] * len(names)
         if spec.allocation == "erk" and not spec.pattern:
@@ -256,12 +289,12 @@ def plan_masks(
             n: max(keep_count(i.numel, d), floor_count(i.numel, spec.min_density))
             for n, i, d in zip(names, infos, densities, strict=True)
         }
-        return MaskPlan(spec, counts, workers=workers)
+        return MaskPlan(spec, counts, workers=workers, transposed=transposed)
     floors = {n: floor_count(i.numel, spec.min_density) for n, i in zip(names, infos, strict=True)}
     total = sum(i.numel for i in infos)
     free_total = total - sum(floors.values())
     k = max(0, keep_count(total, spec.density) - sum(floors.values()))
-    plan = MaskPlan(spec, {n: f for n, f in floors.items() if f})
+    plan = MaskPlan(spec, {n: f for n, f in floors.items() if f}, transposed=transposed)
     position = 0
     for name, info in zip(names, infos, strict=True):
         plan.starts[name] = position  # where its keys (those left after the floor) begin
@@ -295,12 +328,16 @@ def plan_masks(
     return plan
 
 
-def _plan_groups(source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress) -> MaskPlan:
+def _plan_groups(
+    source: KeySource, names: list[str], spec: SelectionSpec, progress: Progress, transposed: frozenset[str]
+) -> MaskPlan:
     """Aggregate each tensor's scores per filter/channel, then select whole groups."""
     progress.stage(f"scoring {spec.structure}s ({spec.aggregate})", len(names))
     aggregates = {}
     for name in names:
-        aggregate = group_scores(source.scores(name), spec.structure, spec.aggregate)
+        scores = source.scores(name)
+        scores = scores.T if name in transposed else scores  # (out, in, ...)
+        aggregate = group_scores(scores, spec.structure, spec.aggregate)
         aggregates[name] = -aggregate if spec.invert else aggregate  # invert whole groups, not weights
         progress.advance()
     densities = None
@@ -310,4 +347,5 @@ def _plan_groups(source: KeySource, names: list[str], spec: SelectionSpec, progr
             erk_densities(shapes, spec.density) if spec.allocation == "erk" else [spec.density] * len(names)
         )
         densities = {n: max(d, spec.min_density) for n, d in zip(names, values, strict=True)}
-    return MaskPlan(spec, {}, groups=select_groups(aggregates, densities, spec.density))
+    groups = select_groups(aggregates, densities, spec.density)
+    return MaskPlan(spec, {}, groups=groups, transposed=transposed)

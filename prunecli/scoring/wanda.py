@@ -4,7 +4,10 @@ and Effective Pruning Approach for Large Language Models").
 X_j is input feature j of the layer over every calibration token: every row of a Linear layer's
 input (all leading dimensions are tokens), and every column of a Conv2d's unfolded input
 (`torch.nn.functional.unfold` with the conv's kernel, stride, padding and dilation; feature j
-matches the weight flattened as (out, in·kh·kw), per group). The statistics are gathered by
+matches the weight flattened as (out, in·kh·kw), per group). transformers' `Conv1D` (GPT-2) takes
+its input as a Linear does but stores its weight transposed, (in, out): its score is
+|W_ji|·‖X_j‖, the norm of feature j times row j (transformers is never imported here; the module
+is recognised by its class name and its `nf` attribute). The statistics are gathered by
 forward pre-hooks during plain forward passes under `torch.no_grad()`: no labels, no backward
 pass, the memory of inference (plus one unfolded input of a conv at a time). Scores are per
 weight; the reference compares them within each output row (`apply --scope row`), which gives
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 def wanda_scores(
     model: torch.nn.Module, names: list[str], batches: list[Batch], progress: object = None
 ) -> Mapping[str, torch.Tensor]:
-    """|W|·‖X_j‖₂ for each named Linear or Conv2d weight, X over every calibration token.
+    """|W|·‖X_j‖₂ for each named Linear, Conv2d or Conv1D weight, X over every calibration token.
 
     The scores are computed when read, one tensor at a time, so scoring a large model holds
     only the input statistics (one vector per layer) and one tensor of scores at a time.
@@ -40,6 +43,7 @@ def wanda_scores(
     import torch
 
     from prunecli.calibration.context import LazyScores
+    from prunecli.calibration.forward import forward
     from prunecli.progress import NoProgress
 
     progress = progress or NoProgress()
@@ -52,7 +56,7 @@ def wanda_scores(
     try:
         with torch.no_grad():
             for inputs, _ in batches:
-                model(inputs)
+                forward(model, inputs)
                 progress.advance()
     finally:
         for hook in hooks:
@@ -61,7 +65,7 @@ def wanda_scores(
 
 
 def input_columns(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The module's input as rows of features: (tokens, in) for Linear, (B·L, in·kh·kw) for Conv2d.
+    """The module's input as rows of features: (tokens, in) for Linear and Conv1D, (B·L, in·kh·kw) for Conv2d.
 
     Example:
         >>> input_columns(nn.Conv2d(1, 2, 3), torch.ones(1, 1, 4, 4)).shape
@@ -70,12 +74,20 @@ def input_columns(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
     from torch import nn
 
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_conv1d(module):
         return x.reshape(-1, x.shape[-1])
     x = x if x.dim() == 4 else x.unsqueeze(0)  # unbatched (C, H, W)
     x = F.pad(x, _padding(module), mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
     cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (B, C·kh·kw, L)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def is_conv1d(module: torch.nn.Module) -> bool:
+    """Whether `module` is transformers' `Conv1D` (GPT-2): a Linear with its weight stored (in, out).
+
+    Recognised by class name and its `nf` (output features) attribute, without importing transformers.
+    """
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def _padding(conv: torch.nn.Conv2d) -> list[int]:
@@ -109,13 +121,15 @@ def _scores(module: torch.nn.Module, squares: torch.Tensor | None) -> torch.Tens
     if squares is None:
         return torch.zeros_like(weight)
     norms = squares.sqrt().to(weight.dtype)  # (in·kh·kw,) over all groups
+    if is_conv1d(module):
+        return weight.abs() * norms[:, None]  # (in, out): row j times ‖X_j‖
     groups = getattr(module, "groups", 1)
     rows = weight.abs().reshape(groups, weight.shape[0] // groups, -1)  # (G, out/G, in/G·kh·kw)
     return (rows * norms.reshape(groups, 1, -1)).reshape(weight.shape)
 
 
 def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
-    """The Linear or Conv2d module that owns each `<module>.weight`; anything else is refused."""
+    """The Linear, Conv2d or Conv1D module that owns each `<module>.weight`; anything else is refused."""
     from torch import nn
 
     from prunecli.errors import UsageError
@@ -125,13 +139,13 @@ def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Modu
     for name in names:
         owner, _, attr = name.rpartition(".")
         module = modules.get(owner)
-        if attr == "weight" and isinstance(module, (nn.Linear, nn.Conv2d)):
+        if attr == "weight" and (isinstance(module, (nn.Linear, nn.Conv2d)) or is_conv1d(module)):
             found[name] = module
         else:
             other.append(name)
     if other:
         raise UsageError(
-            f"wanda scores only Linear and Conv2d weights, not {', '.join(other[:3])}"
+            f"wanda scores only Linear, Conv2d and Conv1D weights, not {', '.join(other[:3])}"
             + (f" and {len(other) - 3} more" if len(other) > 3 else ""),
             "leave them out with `exclude` GLOB",
             option="exclude",
