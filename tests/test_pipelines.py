@@ -82,7 +82,8 @@ def test_score_a_model_based_method(lenet: Path, tmp_path: Path) -> None:
     assert json.loads(written.metadata["params"]) == {
         "bn_mode": "eval", "device": "cpu", "dtype": "float32", "loss": "ce"
     }  # fmt: skip
-    assert progress.stages == [("SNIP: gradients", 1)] and progress.steps == 1
+    stages = [("building the model", 0), ("loading the weights", 6), ("SNIP: gradients", 1)]
+    assert progress.stages == stages and progress.steps == 6 + 1
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,6 @@ from prunecli.io.checkpoints import open_checkpoint, require_file
 from prunecli.io.dtypes import zero_count
 from prunecli.io.manifest import MANIFEST_FILE, read_manifest, tensor_record
 from prunecli.io.safetensors_file import SafetensorsReader
-from prunecli.io.safetensors_header import read_header
 from prunecli.selection.prunable import prunable_names
 
 REDO = "re-run apply; the folder was edited or mixed from two runs"
@@ -47,7 +46,7 @@ def summarize_checkpoint(
 ) -> dict[str, Any]:
     """Count the nonzeros of every tensor; the prunable ones form the totals."""
     with open_checkpoint(path) as ckpt:
-        chosen = set(prunable_names(ckpt.tensors, include, exclude))
+        chosen = set(prunable_names(ckpt.tensors, include, exclude, ckpt.config_folder is not None))
         tensors = []
         for name, info in ckpt.tensors.items():
             kept = info.numel - zero_count(ckpt.view(name), info.dtype)  # mapped, not copied
@@ -218,7 +217,8 @@ def check_masks(manifest: dict[str, Any], masks_path: Path) -> None:
 
 def check_model(manifest: dict[str, Any], model_path: Path) -> None:
     """The model file's header lists exactly the recorded tensors, with their shapes and dtypes."""
-    tensors, _, _ = read_header(model_path)
+    with open_checkpoint(model_path) as model:  # headers only (and an index's shards' headers)
+        tensors = dict(model.tensors)
     records = {r["name"]: r for r in manifest["tensors"]}
     missing = [n for n in records if n not in tensors]
     extra = [n for n in tensors if n not in records]
@@ -239,15 +239,16 @@ def check_model(manifest: dict[str, Any], model_path: Path) -> None:
 def summarize(path: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Summarize whatever `path` is: an apply output folder, a manifest, or a checkpoint."""
     folder = path.is_dir()
-    if folder:
-        manifest = path / MANIFEST_FILE
-        if not manifest.is_file():
-            raise InputError(f"{path} is a folder without {MANIFEST_FILE}", "pass an apply output folder")
-        path = manifest
-    require_file(path, "input")
+    if folder and (path / MANIFEST_FILE).is_file():
+        path = path / MANIFEST_FILE  # an apply output: its manifest, checked against its files
+    elif folder:
+        folder = False  # a model folder: its weights, counted
+    else:
+        require_file(path, "input")
+    is_manifest = path.suffix == ".json" and not path.name.endswith(".index.json")
     summary = (
         summarize_manifest(path, require_masks=folder)
-        if path.suffix == ".json"
+        if is_manifest
         else summarize_checkpoint(path, include, exclude)
     )
     summary["collapsed"] = [

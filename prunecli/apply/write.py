@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from prunecli.apply.isometry import Refiner
+from prunecli.apply.layout import OutputLayout
 from prunecli.apply.plan import BLOCK, SEGMENT, KeySource, MaskPart, MaskPlan, Scratch
 from prunecli.io.dtypes import as_unsigned, itemsize
 from prunecli.io.manifest import MASKS_FILE, MODEL_FILE, tensor_record
+from prunecli.io.outputs import write_bytes
 from prunecli.io.safetensors_file import SafetensorsWriter
 from prunecli.progress import Progress
 from prunecli.scoring.random_baseline import tensor_rng
@@ -116,6 +118,9 @@ def _mask_segment(
     return masked, int(np.count_nonzero(mask))
 
 
+MODEL_METADATA = {"format": "pt", "prunecli": "model"}  # transformers 4.x loads only format pt/tf/flax/mlx
+
+
 def write_pruned(
     source: KeySource,
     plan: MaskPlan,
@@ -125,29 +130,37 @@ def write_pruned(
     progress: Progress,
     refine: Refiner | None = None,
     workers: Workers = INLINE,
+    layout: OutputLayout | None = None,
 ) -> list[dict[str, Any]]:
-    """The final pass: mask every prunable tensor (on `workers`), copy the rest, write both files."""
+    """The final pass: mask every prunable tensor (on `workers`), copy the rest, write the
+    weights files of `layout` (one `model.safetensors` by default), the masks and the copies."""
     ckpt = source.ckpt
+    layout = layout or OutputLayout([(MODEL_FILE, list(ckpt.tensors))], [])
     chosen = set(names)
-    model_entries = [(n, i.dtype, i.shape) for n, i in ckpt.tensors.items()]
     mask_entries = [(n, "U8", (math.ceil(ckpt.tensors[n].numel / 8),)) for n in names]
-    records = []
-    progress.stage("writing masked weights", len(model_entries))
-    with (
-        SafetensorsWriter(folder / MODEL_FILE, model_entries, {"format": "prunecli.model"}) as model_out,
-        SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out,
-    ):
+    records = {}
+    progress.stage("writing masked weights", len(ckpt.tensors))
+    with SafetensorsWriter(folder / MASKS_FILE, mask_entries, {"format": "prunecli.masks"}) as masks_out:
         copier = MaskedCopier(source, plan, names, seed, workers)
-        for name, info in ckpt.tensors.items():
-            raw = ckpt.view(name)  # read-only; untouched tensors are written straight from it
-            kept = info.numel
-            if name in chosen:
-                packed, kept = copier.write(name, raw, model_out, refine)
-                masks_out.write(name, packed)
-            else:
-                model_out.write(name, raw)
-            groups = plan.groups.get(name) if plan.groups is not None else None
-            counts = None if groups is None else (int(groups.sum()), groups.size)
-            records.append(tensor_record(name, info.shape, info.dtype, kept, name in chosen, counts))
-            progress.advance()
-    return records
+        for shard, shard_names in layout.shards:
+            entries = [(n, ckpt.tensors[n].dtype, ckpt.tensors[n].shape) for n in shard_names]
+            with SafetensorsWriter(folder / shard, entries, MODEL_METADATA) as model_out:
+                for name in shard_names:
+                    info = ckpt.tensors[name]
+                    raw = ckpt.view(name)  # read-only; untouched tensors are written straight from it
+                    kept = info.numel
+                    if name in chosen:
+                        packed, kept = copier.write(name, raw, model_out, refine)
+                        masks_out.write(name, packed)
+                    else:
+                        model_out.write(name, raw)
+                    groups = plan.groups.get(name) if plan.groups is not None else None
+                    counts = None if groups is None else (int(groups.sum()), groups.size)
+                    records[name] = tensor_record(name, info.shape, info.dtype, kept, name in chosen, counts)
+                    progress.advance()
+    if layout.sharded:
+        sizes = {n: i.nbytes for n, i in ckpt.tensors.items()}
+        write_bytes(folder / layout.model_file, layout.index_bytes(sizes))
+    for path in layout.copied:
+        write_bytes(folder / path.name, path.read_bytes())
+    return [records[n] for n in ckpt.tensors]

@@ -199,9 +199,17 @@ def _from_file(source: str, path: Path, sampling: _Sampling) -> Calibration:
 def _calibration(
     source: str, content: str, x: np.ndarray, y: np.ndarray | None, classes: int | None, s: _Sampling
 ) -> Calibration:
-    fingerprint = _fingerprint(content, s._asdict())
     batches = _split(x, y, s.batch_size)
-    return Calibration(batches, fingerprint, x.shape[1:], classes, source, s.batch_size, s.per_class, s.seed)
+    return Calibration(
+        batches,
+        fingerprint(content, s._asdict()),
+        x.shape[1:],
+        classes,
+        source,
+        s.batch_size,
+        s.per_class,
+        s.seed,
+    )
 
 
 def _require_data_file(path: Path) -> None:
@@ -388,7 +396,7 @@ def _split(x: np.ndarray, y: np.ndarray | None, size: int) -> list[tuple[torch.T
     return list(zip(xs, ys, strict=True))
 
 
-def _fingerprint(content: str, params: dict[str, Any]) -> str:
+def fingerprint(content: str, params: dict[str, Any]) -> str:
     """sha256 over the data's identity (file sha256 or canonical synthetic source) and the parameters."""
     digest = hashlib.sha256(f"prunecli.data/{FINGERPRINT_VERSION}\n{content}\n".encode())
     digest.update(json.dumps(params, sort_keys=True).encode())

@@ -1,7 +1,8 @@
 """Open checkpoints of any supported kind as one interface, and write them safely.
 
 Supported: a safetensors file, a sharded `*.safetensors.index.json` (its shards held to plain
-names inside its folder), and `.pt/.pth/.bin` state dicts (`prunecli.io.torch_files`).
+names inside its folder), `.pt/.pth/.bin` state dicts (`prunecli.io.torch_files`), and a model
+folder (a Hugging Face folder, or a prunecli output) standing for the weights file inside it.
 safetensors reading imports no torch.
 """
 
@@ -35,6 +36,7 @@ class Checkpoint:
         tensors: name -> TensorInfo (dtype name, shape), in flat order.
         metadata: string metadata (safetensors only).
         notes: things worth telling the user (unwrapped keys, stripped prefixes).
+        config_folder: the folder holding the model's `config.json` (a Hugging Face model), or None.
     """
 
     def __init__(self, path: Path) -> None:
@@ -43,6 +45,7 @@ class Checkpoint:
         self.metadata: dict[str, str] = {}
         self.notes: list[str] = []
         self.files: list[Path] = [path]
+        self.config_folder: Path | None = None
 
     def read(self, name: str, scratch: np.ndarray | None = None) -> np.ndarray:
         """The raw array of one tensor (valid until the next read when `scratch` is given)."""
@@ -105,6 +108,10 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def read(self, name: str, scratch: np.ndarray | None = None) -> np.ndarray:
         return self._readers[name].read(name, scratch)
+
+    def shard_of(self, name: str) -> Path:
+        """The file that holds tensor `name`."""
+        return self._readers[name].path
 
     def view(self, name: str) -> np.ndarray:
         return self._readers[name].view(name)
@@ -184,13 +191,22 @@ def _read_index(index_path: Path) -> dict[str, Path]:
         path = folder / shard
         if not path.is_file():
             raise CheckpointError(f"shard {path} named by {index_path} is missing", "copy every shard")
-        if not path.resolve().is_relative_to(root):
+        if not resolves_inside(path, root):
             raise CheckpointError(
                 f"shard {path} named by {index_path} is a link to a file outside the index's folder",
                 "copy the shard into the index's folder instead of linking to it",
             )
         checked[shard] = path
     return {name: checked[shard] for name, shard in weight_map.items()}
+
+
+def resolves_inside(path: Path, root: Path) -> bool:
+    """Whether `path` resolves inside `root`, or into the blob store of the Hugging Face cache
+    snapshot that `root` is (`.../snapshots/REV/` links its files to `.../blobs/`)."""
+    target = path.resolve()
+    if target.is_relative_to(root):
+        return True
+    return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
 
 
 def _shard_paths(index_path: Path) -> list[Path]:
@@ -205,21 +221,47 @@ def open_checkpoint(path: Path) -> Checkpoint:
         >>> with open_checkpoint(Path("init.safetensors")) as ckpt:
         ...     weight = ckpt.read("fc1.weight")
     """
+    path = weights_path(path)
     require_file(path, "checkpoint")
+    ckpt: Checkpoint
     if path.name.endswith(".safetensors") or path.name.endswith(".safetensors.index.json"):
-        return SafetensorsCheckpoint(path)
-    from prunecli.io.torch_files import TORCH_SUFFIXES, TorchCheckpoint
+        ckpt = SafetensorsCheckpoint(path)
+    else:
+        from prunecli.io.torch_files import TORCH_SUFFIXES, TorchCheckpoint
 
-    if path.suffix in TORCH_SUFFIXES:
-        return TorchCheckpoint(path)
-    raise CheckpointError(
-        f"{path} has an unknown checkpoint suffix {path.suffix!r}",
-        "use .safetensors, .safetensors.index.json, .pt, .pth or .bin",
+        if path.suffix not in TORCH_SUFFIXES:
+            raise CheckpointError(
+                f"{path} has an unknown checkpoint suffix {path.suffix!r}",
+                "use .safetensors, .safetensors.index.json, .pt, .pth or .bin",
+            )
+        ckpt = TorchCheckpoint(path)
+    if (path.parent / CONFIG_FILE).is_file():
+        ckpt.config_folder = path.parent
+    return ckpt
+
+
+CONFIG_FILE = "config.json"  # a Hugging Face model folder's architecture
+WEIGHTS_INDEX = "model.safetensors.index.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def weights_path(path: Path) -> Path:
+    """The weights file a checkpoint path names: a folder stands for its sharded index or its
+    `model.safetensors` (the Hugging Face names, also what `apply` writes); a file for itself."""
+    if not path.is_dir():
+        return path
+    for name in (WEIGHTS_INDEX, WEIGHTS_FILE):
+        if (path / name).is_file():
+            return path / name
+    raise InputError(
+        f"folder {path} holds no {WEIGHTS_INDEX} or {WEIGHTS_FILE}",
+        "name a model folder, or the checkpoint file itself",
     )
 
 
 def checkpoint_files(path: Path) -> list[Path]:
     """The files a checkpoint path stands for: an index and its shards, or the file itself."""
+    path = weights_path(path) if path.is_dir() else path
     if path.name.endswith(".index.json") and path.is_file():
         return [path, *_shard_paths(path)]
     return [path]

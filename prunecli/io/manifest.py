@@ -122,7 +122,11 @@ SCHEMA: dict[str, Any] = {
         "files": {
             "type": "object",
             "required": ["model", "masks"],
-            "properties": {"model": {"type": "string"}, "masks": {"type": "string"}},
+            "properties": {
+                "model": {"type": "string"}, "masks": {"type": "string"},
+                "shards": {"type": "array", "items": {"type": "string"}},
+                "copied": {"type": "array", "items": {"type": "string"}},
+            },
         },
     },
 }  # fmt: skip

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prunecli.errors import DiskFullError, InputError, OutputBusyError, OutputExistsError, UsageError
+from prunecli.io.manifest import read_manifest
 
 TEMP_MARK = ".prunecli-tmp-"
 LOCK_SUFFIX = ".prunecli-lock"
@@ -275,7 +276,7 @@ def check_output_folder(path: Path, force: bool, inputs: Iterable[Path] = ()) ->
     entries = sorted(entry.name for entry in os.scandir(path))
     if entries and not force:
         raise OutputExistsError(f"output folder {path} is not empty", "pass `force` to replace it")
-    foreign = [name for name in entries if name not in OUTPUT_FOLDER_FILES]
+    foreign = [name for name in entries if name not in OUTPUT_FOLDER_FILES | _listed_outputs(path)]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InputError(
@@ -283,6 +284,16 @@ def check_output_folder(path: Path, force: bool, inputs: Iterable[Path] = ()) ->
             "a previous prunecli output",
             "choose another folder, or move those files away first",
         )
+
+
+def _listed_outputs(folder: Path) -> frozenset[str]:
+    """The files a previous output's manifest says prunecli wrote there (shards, copied config)."""
+    try:
+        files = read_manifest(folder / "manifest.json")["files"]
+    except (InputError, OSError):
+        return frozenset()
+    names = [files.get("model"), *files.get("shards", []), *files.get("copied", [])]
+    return frozenset(n for n in names if isinstance(n, str) and "/" not in n and n not in (".", ".."))
 
 
 @contextmanager

@@ -20,11 +20,12 @@ from typing import Any
 
 from prunecli import __version__
 from prunecli.apply.isometry import isometry_refiner
+from prunecli.apply.layout import OutputLayout, output_layout
 from prunecli.apply.plan import KeySource, plan_masks
 from prunecli.apply.write import write_pruned
 from prunecli.errors import InputError, UsageError
 from prunecli.io.checkpoints import Checkpoint
-from prunecli.io.manifest import FORMAT, MANIFEST_FILE, MASKS_FILE, MODEL_FILE, SCHEMA_VERSION, write_manifest
+from prunecli.io.manifest import FORMAT, MANIFEST_FILE, MASKS_FILE, SCHEMA_VERSION, write_manifest
 from prunecli.io.outputs import output_folder
 from prunecli.progress import NoProgress, Progress
 from prunecli.scoring.registry import Method, get_method
@@ -71,6 +72,7 @@ class ApplyRequest:
     data_fingerprint: str | None = None
     isometry: tuple[int, float] | None = None  # (steps, lr) of --isometry-steps
     inputs: list[Path] = field(default_factory=list)  # other input files the output must not replace
+    max_shard_size: int | None = None  # bytes per weights file (None: shard like the input)
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -92,6 +94,7 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
     if not req.names:
         raise InputError("no tensor is prunable", "choose tensors with `include` GLOB", option="include")
     ckpt = req.checkpoint
+    layout = output_layout(ckpt, req.max_shard_size)
     with (
         ThreadPoolExecutor(max_workers=2) as pool,  # hashing overlaps with selection
         Workers(worker_count()) as workers,  # selection and masking, while the main thread writes
@@ -103,12 +106,16 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
             source = KeySource(
                 ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
             )
-            plan = plan_masks(source, req.names, req.spec, progress, workers)
+            plan = plan_masks(
+                source, req.names, req.spec, progress, workers, transposed_weights(ckpt, req.spec)
+            )
             refine, isometry = isometry_refiner(*req.isometry) if req.isometry else (None, None)
-            records = write_pruned(source, plan, req.names, folder, req.seed, progress, refine, workers)
+            records = write_pruned(
+                source, plan, req.names, folder, req.seed, progress, refine, workers, layout
+            )
             source_sha = source_hash.result()
             _warn_if_scored_elsewhere(req, source_sha)
-            manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result())
+            manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result(), layout)
             if isometry is not None:
                 manifest["isometry"] = isometry
             write_manifest(manifest, folder / MANIFEST_FILE)
@@ -127,8 +134,23 @@ def _warn_if_scored_elsewhere(req: ApplyRequest, source_sha: str) -> None:
         )
 
 
+def transposed_weights(ckpt: Checkpoint, spec: SelectionSpec) -> frozenset[str]:
+    """Weights stored (in, out), for the rules that work along each output's inputs (rows, N:M,
+    filters and channels): learnt from the module types of a Hugging Face model, built on the
+    meta device (no memory, no weights)."""
+    if ckpt.config_folder is None or not (spec.scope == "row" or spec.pattern or spec.structure):
+        return frozenset()
+    from prunecli.models.hf import build_model, stored_transposed
+
+    return stored_transposed(build_model(ckpt.config_folder, meta=True))
+
+
 def _manifest(
-    req: ApplyRequest, records: list[dict[str, Any]], source_sha: str, scores_sha: str | None
+    req: ApplyRequest,
+    records: list[dict[str, Any]],
+    source_sha: str,
+    scores_sha: str | None,
+    layout: OutputLayout,
 ) -> dict[str, Any]:
     prunable = sum(r["numel"] for r in records if r["pruned"])
     kept = sum(r["kept"] for r in records if r["pruned"])
@@ -154,8 +176,17 @@ def _manifest(
         },
         "tensors": records,
         "warnings": req.warnings + _floor_warnings(req.spec, prunable, kept) + _collapse_warnings(records),
-        "files": {"model": MODEL_FILE, "masks": MASKS_FILE},
+        "files": _files(layout),
     }
+
+
+def _files(layout: OutputLayout) -> dict[str, Any]:
+    files: dict[str, Any] = {"model": layout.model_file, "masks": MASKS_FILE}
+    if layout.sharded:
+        files["shards"] = [shard for shard, _ in layout.shards]
+    if layout.copied:
+        files["copied"] = [path.name for path in layout.copied]
+    return files
 
 
 @dataclass
@@ -182,6 +213,7 @@ def apply(
     force: bool = False,
     isometry: tuple[int, float] | None = None,
     inputs: list[Path] | None = None,
+    max_shard_size: int | None = None,
     progress: Progress | None = None,
 ) -> Applied:
     """Select masks and write `output/` (model.safetensors, masks.safetensors, manifest.json).
@@ -194,6 +226,8 @@ def apply(
         force: replace an existing output folder (one that prunecli wrote).
         isometry: (steps, learning rate) of the approximate-isometry fix, or None.
         inputs: other input files the output must not replace.
+        max_shard_size: split the weights into files of at most this many bytes (with an index);
+            None writes them sharded as the input was.
         progress: reports stages and steps; silent by default.
 
     Returns:
@@ -225,7 +259,7 @@ def apply(
             manifest = apply_opened(
                 ckpt, Path(output), spec, method=chosen, scores=score_file,
                 scores_path=None if scores is None else Path(scores), seed=seed, force=force,
-                isometry=isometry, inputs=inputs, progress=progress,
+                isometry=isometry, inputs=inputs, max_shard_size=max_shard_size, progress=progress,
             )  # fmt: skip
         finally:
             if score_file is not None:
@@ -245,20 +279,22 @@ def apply_opened(
     force: bool,
     isometry: tuple[int, float] | None = None,
     inputs: list[Path] | None = None,
+    max_shard_size: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """`apply` on an open checkpoint and open scores (a file, or scores held in memory)."""
-    from prunecli.selection.prunable import is_excluded, prunable_names
+    from prunecli.selection.prunable import check_globs, is_excluded, prunable_names
 
     if scores is not None:  # the scores name the candidates; exclude still applies
+        check_globs(ckpt.tensors, spec.exclude, "exclude")
         names = [n for n in scores.tensors if not is_excluded(n, spec.exclude)]
     else:
-        names = prunable_names(ckpt.tensors, spec.include, spec.exclude)
+        names = prunable_names(ckpt.tensors, spec.include, spec.exclude, ckpt.config_folder is not None)
     name = method.name if method is not None else scores.metadata.get("method", "unknown")
     request = ApplyRequest(
         checkpoint=ckpt, names=names, spec=spec, out=output, method=method, scores=scores,
         scores_path=scores_path, method_name=name, seed=seed, force=force, isometry=isometry,
-        inputs=list(inputs or []),
+        inputs=list(inputs or []), max_shard_size=max_shard_size,
     )  # fmt: skip
     if scores is not None:
         describe_scores(request, scores.metadata)

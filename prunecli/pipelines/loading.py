@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prunecli.errors import InputError, ScoreError, UsageError
+from prunecli.progress import NoProgress, Progress
 
 if TYPE_CHECKING:
     import torch
@@ -35,27 +36,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]]:
+def load_model(
+    req: ScoreRequest, dtype: torch.dtype | None = None, progress: Progress | None = None
+) -> tuple[torch.nn.Module, list[str], list[str]]:
     """The model with the checkpoint's weights, its prunable names, and notes for the user.
 
     The checkpoint is checked against the model from its header alone, then copied in tensor
-    by tensor, so loading holds the model plus one tensor, not two copies of the model.
+    by tensor, so loading holds the model plus one tensor, not two copies of the model. A
+    Hugging Face model is built in the checkpoint's floating dtype (or `dtype`), weights
+    uninitialised, and each tensor is read straight into its storage.
     """
     import torch
 
     from prunecli.io.checkpoints import open_checkpoint
     from prunecli.io.torch_files import torch_dtype
     from prunecli.models import check_weights, resolve_model
+    from prunecli.models.hf import build_model, is_hf_spec, linear_weights, spec_folder
     from prunecli.selection.prunable import prunable_names
 
-    model = resolve_model(req.arch, req.arch_args)
+    progress = progress or NoProgress()
     with open_checkpoint(req.checkpoint) as ckpt:
+        progress.stage("building the model", 0)
+        if is_hf_spec(req.arch):
+            dtype = dtype or _float_dtype(ckpt)
+            model = build_model(spec_folder(req.arch), dtype, req.trust_remote_code,
+                                eager_attention=req.method.second_order)  # fmt: skip
+        else:
+            model = resolve_model(req.arch, req.arch_args)
         shapes = {
             n: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device="meta")
             for n, i in ckpt.tensors.items()
         }
         check_weights(model, shapes, str(req.checkpoint))
         state = model.state_dict()
+        progress.stage("loading the weights", len(ckpt.tensors))
         with torch.no_grad():
             for name, info in ckpt.tensors.items():
                 _copy_into(state[name], ckpt, name, info.dtype)
@@ -63,14 +77,31 @@ def load_model(req: ScoreRequest) -> tuple[torch.nn.Module, list[str], list[str]
                     raise ScoreError(
                         f"weights of {name} contain NaN or infinite values", "check the checkpoint"
                     )
-        names = prunable_names(ckpt.tensors, req.include, req.exclude)
+                progress.advance()
+        names = prunable_names(ckpt.tensors, req.include, req.exclude, ckpt.config_folder is not None)
         notes = list(ckpt.notes)
     parameters = dict(model.named_parameters())
     names = [n for n in names if n in parameters]
+    if is_hf_spec(req.arch) and not req.include:  # the default set: Linear and Conv1D weights only
+        layers = linear_weights(model)
+        names = [n for n in names if n in layers]
     if not names:
         raise InputError("no prunable parameter in the model", "choose them with `include` GLOB",
                          option="include")  # fmt: skip
     return model, names, notes
+
+
+def _float_dtype(ckpt: Checkpoint) -> torch.dtype:
+    """The checkpoint's floating dtype (the most common by size), float32 when it has none."""
+    import torch
+
+    from prunecli.io.torch_files import torch_dtype
+
+    sizes: dict[str, int] = {}
+    for info in ckpt.tensors.values():
+        if info.dtype in ("F64", "F32", "F16", "BF16"):
+            sizes[info.dtype] = sizes.get(info.dtype, 0) + info.numel
+    return torch_dtype(max(sizes, key=sizes.__getitem__)) if sizes else torch.float32
 
 
 def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) -> None:
@@ -86,14 +117,32 @@ def _copy_into(target: torch.Tensor, ckpt: Checkpoint, name: str, dtype: str) ->
         target.copy_(raw_to_torch(ckpt.read(name), dtype))
 
 
-def calibration_of(req: ScoreRequest) -> Calibration | None:
-    """The calibration batches of `req.data` (None without data), seeded by `req.seed`."""
+def calibration_of(req: ScoreRequest, model: torch.nn.Module | None = None) -> Calibration | None:
+    """The calibration batches of `req.data` (None without data), seeded by `req.seed`.
+
+    Token data (text, or arrays with `input_ids`) is checked against `model`'s vocabulary and
+    length, and text is tokenized with the tokenizer of the model's folder.
+    """
     from prunecli.calibration.data import load_calibration
+    from prunecli.calibration.tokens import is_token_source, load_tokens
+    from prunecli.models.hf import is_hf_spec, max_positions, spec_folder
 
     if req.data is None:
         return None
+    if is_token_source(req.data):
+        embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+        return load_tokens(
+            req.data, tokenizer_folder=spec_folder(req.arch) if is_hf_spec(req.arch) else None,
+            vocab_size=getattr(embeddings, "num_embeddings", None), max_len=max_positions(model),
+            seq_len=req.seq_len, num_samples=req.num_samples, batch_size=req.batch_size, seed=req.seed,
+            trust_remote_code=req.trust_remote_code,
+        )  # fmt: skip
+    for name in ("seq_len", "num_samples"):
+        if getattr(req, name) is not None:
+            raise UsageError(f"`{name}` is for token data, and {req.data} is not", f"drop `{name}`",
+                             option=name, value=getattr(req, name))  # fmt: skip
     return load_calibration(
-        req.data, batch_size=req.batch_size, num_batches=req.num_batches, per_class=req.per_class,
+        req.data, batch_size=req.batch_size or 128, num_batches=req.num_batches, per_class=req.per_class,
         seed=req.seed, inputs_key=req.inputs_key, labels_key=req.labels_key,
     )  # fmt: skip
 
@@ -102,11 +151,13 @@ def check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     """Run one forward pass; inputs that the model rejects are a clear input error."""
     import torch
 
+    from prunecli.calibration.forward import forward
+
     mode = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(inputs[:2])
+            out = forward(model, inputs[:2])
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:150]
         raise InputError(
@@ -115,12 +166,12 @@ def check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
         ) from None
     finally:
         model.train(mode)
-    if out.ndim != 2:
+    if out.ndim != 2 and not (out.ndim == 3 and not inputs.is_floating_point()):
         raise InputError(
             f"the model's output has shape {list(out.shape)}, not (batch, classes)",
-            "use a classifier",
+            "use a classifier, or a language model on token ids",
         )
-    return out.shape[1]
+    return out.shape[-1]
 
 
 def input_shape_of(req: ScoreRequest, calibration: Calibration | None) -> tuple[int, ...]:

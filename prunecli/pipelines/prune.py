@@ -89,6 +89,7 @@ def prune(
     *,
     seed: int = 0,
     force: bool = False,
+    max_shard_size: int | None = None,
     progress: Progress | None = None,
     **scoring: Any,
 ) -> Applied:
@@ -99,6 +100,7 @@ def prune(
         method: a registered name ("snip") or a `Method`.
         seed: the seed of scoring and of selection.
         force: replace an existing output folder (one that prunecli wrote).
+        max_shard_size: bytes per output weights file (None: shard like the input).
         scoring: `score`'s keyword arguments for the method (arch, data, batch_size,
             iterations, options, ...; see `prunecli.pipelines.score.score`).
         progress: reports stages and steps; silent by default.
@@ -131,6 +133,6 @@ def prune(
     with open_checkpoint(checkpoint) as ckpt:
         manifest = apply_opened(
             ckpt, output, spec, method=None, scores=held, scores_path=label, seed=seed, force=force,
-            inputs=inputs, progress=progress,
+            inputs=inputs, max_shard_size=max_shard_size, progress=progress,
         )  # fmt: skip
         return Applied(manifest, result.notes + [n for n in ckpt.notes if n not in result.notes])

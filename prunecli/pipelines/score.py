@@ -35,9 +35,13 @@ from prunecli.scoring.options import MethodOptions, build_options, check_keys
 from prunecli.scoring.registry import Method, all_methods, get_method
 
 if TYPE_CHECKING:
+    import torch
+
     from prunecli.calibration.context import ScoreResult
     from prunecli.calibration.data import Calibration
     from prunecli.io.checkpoints import Checkpoint
+
+COMPUTE_DTYPES = ("float32", "float64", "bfloat16", "float16")  # `dtype`: precision of the passes
 
 __all__ = ["ScoreRequest", "ScoredModel", "ScoresWritten", "resolve_device", "run_method", "score", "scored"]
 
@@ -57,7 +61,7 @@ class ScoreRequest:
     arch_args: dict[str, Any] = field(default_factory=dict)
     data: str | None = None
     input_shape: tuple[int, ...] | None = None
-    batch_size: int = 128
+    batch_size: int | None = None  # None: the data's default (128 examples, 8 token windows)
     num_batches: int = 1
     per_class: int | None = None
     inputs_key: str | None = None
@@ -74,6 +78,9 @@ class ScoreRequest:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)  # method-specific, see Method.options
+    trust_remote_code: bool = False  # run code shipped with a Hugging Face model folder
+    seq_len: int | None = None  # token windows cut from text (None: 2048, capped at the model's)
+    num_samples: int | None = None  # token windows or rows drawn (None: 128)
 
 
 @dataclass
@@ -105,7 +112,7 @@ def score(
     arch_args: Mapping[str, Any] | None = None,
     data: str | None = None,
     input_shape: Sequence[int] | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     num_batches: int = 1,
     per_class: int | None = None,
     inputs_key: str | None = None,
@@ -122,6 +129,9 @@ def score(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    seq_len: int | None = None,
+    num_samples: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> ScoresWritten:
@@ -136,6 +146,9 @@ def score(
         sparsity: the target of iterative methods (refused by the others).
         iterations, schedule, temperature: for the methods that declare them; None: default.
         options: method-specific options, e.g. {"hessian": "hutchinson"} for OBD.
+        trust_remote_code: let a Hugging Face model folder run the code it ships (`auto_map`).
+        seq_len, num_samples: token calibration: the window length cut from text (None: 2048,
+            capped at the model's maximum) and how many windows or rows are drawn (None: 128).
         include, exclude: globs that add or remove prunable tensors.
         progress: reports stages and steps (`prunecli.progress.Progress`); silent by default.
 
@@ -160,7 +173,8 @@ def score(
         batch_size=batch_size, num_batches=num_batches, per_class=per_class, inputs_key=inputs_key,
         labels_key=labels_key, loss=loss, sparsity=sparsity, iterations=iterations, schedule=schedule,
         temperature=temperature, bn_mode=bn_mode, device=device, dtype=dtype, seed=seed,
-        include=include, exclude=exclude, options=options,
+        include=include, exclude=exclude, options=options, trust_remote_code=trust_remote_code,
+        seq_len=seq_len, num_samples=num_samples,
     )  # fmt: skip
     require_suffix(output, ".safetensors", "scores file")
     inputs = checkpoint_files(request.checkpoint) + existing_inputs(arch, data)
@@ -185,6 +199,11 @@ def score_request(
 ) -> ScoreRequest:
     """The ScoreRequest of `score`'s arguments (`settings`: the ScoreRequest fields by name)."""
     chosen = get_method(method) if isinstance(method, str) else method
+    if arch is None and chosen.needs_model:  # a Hugging Face model folder describes its own architecture
+        from prunecli.models.hf import HF_PREFIX, config_folder
+
+        folder = config_folder(Path(checkpoint))
+        arch = None if folder is None else f"{HF_PREFIX}{folder}"
     if sparsity is not None and chosen.needs_model and not 0.0 <= sparsity <= 1.0:
         raise UsageError(
             f"`sparsity` {sparsity} is outside [0, 1]", "give `sparsity` as a fraction, e.g. 0.9",
@@ -223,7 +242,7 @@ def scored(req: ScoreRequest, progress: Progress | None = None) -> Iterator[Scor
                          option="sparsity", value=round(1.0 - req.density, 12))  # fmt: skip
     options = build_options(req.method, req.options, {}, all_methods())
     with open_checkpoint(req.checkpoint) as ckpt:
-        names = prunable_names(ckpt.tensors, req.include, req.exclude)
+        names = prunable_names(ckpt.tensors, req.include, req.exclude, ckpt.config_folder is not None)
         metadata = {
             "format": SCORES_FORMAT,
             "method": req.method.name,
@@ -278,14 +297,14 @@ def _validate(req: ScoreRequest) -> MethodOptions:
     if req.bn_mode not in (None, "eval", "train"):
         raise UsageError(f"unknown `bn_mode` {req.bn_mode!r}", "use eval or train",
                          option="bn_mode", value=req.bn_mode, allowed=("eval", "train"))  # fmt: skip
-    if req.dtype not in (None, "float32", "float64"):
-        raise UsageError(f"unknown `dtype` {req.dtype!r}", "use float32 or float64",
-                         option="dtype", value=req.dtype, allowed=("float32", "float64"))  # fmt: skip
+    if req.dtype not in (None, *COMPUTE_DTYPES):
+        raise UsageError(f"unknown `dtype` {req.dtype!r}", f"use one of {', '.join(COMPUTE_DTYPES)}",
+                         option="dtype", value=req.dtype, allowed=COMPUTE_DTYPES)  # fmt: skip
     if req.temperature is not None and req.temperature <= 0:
         raise UsageError(f"`temperature` {req.temperature} must be positive", "GraSP uses 200",
                          option="temperature", value=req.temperature)  # fmt: skip
-    if req.batch_size < 1 or req.num_batches < 1:
-        key = "batch_size" if req.batch_size < 1 else "num_batches"
+    if (req.batch_size is not None and req.batch_size < 1) or req.num_batches < 1:
+        key = "batch_size" if req.batch_size is not None and req.batch_size < 1 else "num_batches"
         value = req.batch_size if key == "batch_size" else req.num_batches
         raise UsageError("`batch_size` and `num_batches` must be at least 1", "e.g. `batch_size` 100",
                          option=key, value=value, bounds=(1, math.inf))  # fmt: skip
@@ -300,32 +319,44 @@ def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredMod
     from prunecli.calibration.context import ScoringContext
     from prunecli.calibration.data import check_labels
     from prunecli.calibration.losses import check_loss, default_loss
+    from prunecli.models.hf import is_hf_spec
 
     method = req.method
     options = _validate(req)
     device = resolve_device(req.device)
     precision = req.dtype or method.default_dtype or "float32"
-    dtype = torch.float64 if precision == "float64" else torch.float32
-    model, names, notes = load_model(req)
-    model.to(device=device, dtype=dtype).requires_grad_(False)
-    calibration = calibration_of(req)
+    dtype = getattr(torch, precision)
+    progress = progress or NoProgress()
+    model, names, notes = load_model(req, dtype, progress)
+    # a transformers model is built in `dtype`, and keeps the buffers it wants in float32
+    model.to(device=device) if is_hf_spec(req.arch) else model.to(device=device, dtype=dtype)
+    model.requires_grad_(False)
+    calibration = calibration_of(req, model)
+    tokens = (
+        calibration is not None
+        and calibration.num_classes is None
+        and bool(calibration.batches)
+        and (not calibration.batches[0][0].is_floating_point())
+    )
     batches = []
     if calibration is not None:
-        batches = [(x.to(device, dtype), None if y is None else y.to(device)) for x, y in calibration.batches]
+        batches = [
+            (_to(x, device, dtype), None if y is None else y.to(device)) for x, y in calibration.batches
+        ]
     shape = input_shape_of(req, calibration)
     probe = batches[0][0] if batches else torch.ones((1, *shape), dtype=dtype, device=device)
     outputs = check_fit(model, probe)
-    if calibration is not None:
+    if calibration is not None and not tokens:
         check_labels(calibration, outputs)
     has_labels = bool(batches) and batches[0][1] is not None
-    loss = req.loss or default_loss(has_labels)
+    loss = req.loss or default_loss(has_labels, tokens)
     if method.data == "batches":
         check_loss(loss, has_labels)
     bn_mode = req.bn_mode or method.bn_mode
     model.train(bn_mode == "train")
     ctx = ScoringContext(
         model=model, names=names, batches=batches, loss=loss, input_shape=shape, density=req.density,
-        seed=req.seed, progress=progress or NoProgress(),
+        seed=req.seed, progress=progress,
     )  # fmt: skip
     result = method.model_scorer(ctx, options)
     if method.returns == "masks" and result.masks is None:
@@ -342,6 +373,11 @@ def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredMod
     entries = [(n, shapes[n]) for n in result.scores]
     scores = float32_scores(result, masks=method.returns == "masks")
     return ScoredModel(scores, entries, _metadata(req, params, calibration), notes)
+
+
+def _to(inputs: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Inputs on the device; float inputs in the compute dtype, token ids left integer."""
+    return inputs.to(device, dtype) if inputs.is_floating_point() else inputs.to(device)
 
 
 def _metadata(req: ScoreRequest, params: dict[str, Any], calibration: Calibration | None) -> dict[str, str]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.func import functional_call
 
 from prunecli.calibration.context import Batch
+from prunecli.calibration.forward import forward
 from prunecli.calibration.losses import compute_loss
 from prunecli.scoring.topk import topk_masks
 from prunecli.selection.threshold import keep_count
@@ -32,7 +32,7 @@ def batch_loss(
 ) -> torch.Tensor:
     """The loss of one batch with `weights` in place of the model's own."""
     inputs, labels = batch
-    logits = functional_call(model, weights, (inputs,), strict=False)  # (B, K)
+    logits = forward(model, inputs, weights)  # (B, K), or (B, T, V) for a language model
     return compute_loss(loss, logits / temperature, labels)
 
 

@@ -79,6 +79,7 @@ def grasp_scores(
     data="batches",
     labels="optional",
     bn_mode="train",
+    second_order=True,
     options=GraspOptions,
 )
 def grasp_method(ctx: ScoringContext, options: GraspOptions) -> ScoreResult:

@@ -250,6 +250,7 @@ def _too_many(total: int, max_params: int) -> Exception:
     data="batches",
     labels="optional",
     bn_mode="eval",
+    second_order=True,
     options=ObdOptions,
     requirements=(f"`hessian` {'|'.join(HESSIANS)}",),
 )

@@ -60,6 +60,8 @@ class Method:
       "weights" (updated weights, reserved for SparseGPT: no pipeline runs it yet).
     - `bn_mode`, `default_dtype`, `default_scope`: the reference's batch-norm mode, scoring
       precision (None: float32) and selection scope (a declaration: apply's default is global).
+    - `second_order`: differentiates through a gradient (GraSP's Hg, OBD's Hessian), so a
+      transformer is built with plain attention (fused attention kernels have no second derivative).
     - `requirements`: what else `prunecli methods` says the user must give.
     """
 
@@ -79,6 +81,7 @@ class Method:
     returns: str = "scores"
     default_dtype: str | None = None
     default_scope: str | None = None
+    second_order: bool = False
     requirements: tuple[str, ...] = ()
 
     @property

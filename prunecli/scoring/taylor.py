@@ -82,6 +82,7 @@ def empirical_fisher(
     import torch
     from torch.func import functional_call, grad, vmap
 
+    from prunecli.calibration.forward import logits_of
     from prunecli.calibration.losses import compute_loss
     from prunecli.progress import NoProgress
     from prunecli.scoring.exact import vmappable
@@ -94,7 +95,7 @@ def empirical_fisher(
     chunk = chunk_size or _default_chunk(sum(w.numel() for w in theta.values()))
 
     def sample_loss(w: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        logits = functional_call(net, w, (x.unsqueeze(0),), strict=False)  # (1, K)
+        logits = logits_of(functional_call(net, w, (x.unsqueeze(0),), strict=False))  # (1, K) or (1, T, V)
         return compute_loss(loss, logits, None if y is None else y.unsqueeze(0))
 
     total = {n: torch.zeros_like(w) for n, w in theta.items()}
