@@ -371,10 +371,11 @@ def test_bad_checkpoints(cli, mlp_ckpt: Path, tmp_path: Path, kind: str) -> None
             "error: checkpoint <tmp>/nope.safetensors does not exist. check the path.\n",
             "error: input <tmp>/nope.safetensors does not exist. check the path.\n",
         ),
-        "directory": (
-            "error: checkpoint <tmp> is a directory, not a file. name the file inside it.\n",
-            "error: <tmp> is a folder without manifest.json. pass an apply output folder.\n",
-        ),
+        "directory": (  # a folder is read as a model folder (a Hugging Face layout)
+            "error: folder <tmp> holds no model.safetensors.index.json or model.safetensors. name a model "
+            "folder, or the checkpoint file itself.\n",
+        )
+        * 2,
         "truncated": (
             f"error: <tmp>/bad.safetensors {invalid}tensor 'fc2.weight' ends at byte 1152, past the data's "
             f"1128 bytes{fix}",

@@ -34,10 +34,10 @@ SELECTION_CHOICES = {
     "--aggregate": ["l1", "l2", "mean", "max"],
 }
 MODEL_CHOICES = {
-    "--loss": ["ce", "pseudo", "uniform", "nll"],
+    "--loss": ["ce", "pseudo", "uniform", "nll", "lm"],
     "--schedule": ["exp", "linear"],
     "--bn-mode": ["eval", "train"],
-    "--dtype": ["float32", "float64"],
+    "--dtype": ["float32", "float64", "bfloat16", "float16"],
     "--hessian": ["exact", "hutchinson", "fisher"],
 }
 CHOICES = {  # command -> choice flag -> the values, in the order --help lists them
@@ -45,7 +45,7 @@ CHOICES = {  # command -> choice flag -> the values, in the order --help lists t
     "prune": {**SELECTION_CHOICES, **MODEL_CHOICES},
     "apply": SELECTION_CHOICES,
     "init": {"--init": ["kaiming-normal", "xavier-normal", "xavier-uniform", "orthogonal"]},
-    "export": {"--dtype": ["float32", "float16"]},
+    "export": {"--onnx-dtype": ["float32", "float16"]},
 }
 REQUIRED = {  # enough for the parser to get to the choice (the command itself never runs)
     "score": ["ckpt.safetensors", "-m", "magnitude", "-o", "s.safetensors"],

@@ -32,7 +32,7 @@ app = typer.Typer(
     name="prunecli",
     help="Prune neural-network checkpoints: score weights, apply masks, inspect densities.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion; completing never imports torch
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -105,6 +105,8 @@ def _parse_and_run(argv: list[str] | None) -> int:
         return _fail("interrupted", 130)
     except ParserError as exc:  # bad usage the parser caught: a missing, unknown or invalid option
         return _usage_error(exc)
+    except SystemExit as exc:  # shell completion (--show-completion, a completion request) ends so
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     return result if isinstance(result, int) else 0
 
 

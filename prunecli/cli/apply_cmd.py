@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from prunecli.cli import completion, values
 from prunecli.cli import options as opt
 from prunecli.cli.output import RichProgress, report_applied
 from prunecli.errors import UsageError
@@ -19,7 +20,13 @@ def apply(
         Optional[Path], typer.Option("--scores", help="Scores file from `prunecli score`.")
     ] = None,
     method: Annotated[
-        Optional[str], typer.Option("--method", "-m", help="Score on the fly with a data-free method.")
+        Optional[str],
+        typer.Option(
+            "--method",
+            "-m",
+            help="Score on the fly with a data-free method.",
+            autocompletion=completion.data_free_methods,
+        ),
     ] = None,
     sparsity: opt.Sparsity = None,
     density: opt.Density = None,
@@ -31,14 +38,9 @@ def apply(
     aggregate: opt.Aggregate = opt.SELECTION.aggregate,
     shuffle: opt.Shuffle = False,
     invert: opt.Invert = False,
-    isometry_steps: Annotated[
-        int,
-        typer.Option("--isometry-steps", help="SGD steps of the approximate-isometry fix (Lee et al. 2020)."),
-    ] = 0,
-    isometry_lr: Annotated[
-        Optional[float],
-        typer.Option("--isometry-lr", help="Learning rate of --isometry-steps (default 0.1)."),
-    ] = None,
+    isometry_steps: opt.IsometrySteps = 0,
+    isometry_lr: opt.IsometryLr = None,
+    max_shard_size: opt.MaxShardSize = None,
     seed: opt.Seed = opt.DEFAULT_SEED,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -57,6 +59,8 @@ def apply(
       prunecli apply model.safetensors --method magnitude --pattern 2:4 -o out24/
 
       prunecli apply model.safetensors --scores snip.safetensors -s 0.5 --structure filter -o filters/
+
+      prunecli apply model.safetensors --method magnitude -s 0.5 --max-shard-size 2GB -o sharded/
     """
     selection = opt.gather(opt.SelectionOptions, locals())
     if (scores is None) == (method is None):
@@ -64,21 +68,10 @@ def apply(
     spec = selection.spec()
     from prunecli.pipelines.apply import apply as apply_checkpoint
 
-    isometry = isometry_options(isometry_steps, isometry_lr)
+    isometry = values.isometry(isometry_steps, isometry_lr)
     with RichProgress(quiet) as progress:
         applied = apply_checkpoint(
             checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
-            isometry=isometry, progress=progress,
+            isometry=isometry, max_shard_size=opt.shard_size(max_shard_size), progress=progress,
         )  # fmt: skip
     report_applied(applied, output, json_out=json_out, quiet=quiet)
-
-
-def isometry_options(steps: int, lr: float | None) -> tuple[int, float] | None:
-    """Validate --isometry-steps / --isometry-lr once, at the edge."""
-    if steps < 0:
-        raise UsageError(f"--isometry-steps {steps} is negative", "use e.g. --isometry-steps 10000")
-    if lr is not None and (steps == 0 or not lr > 0):
-        raise UsageError(
-            "--isometry-lr needs --isometry-steps and a positive value", "e.g. --isometry-lr 0.1"
-        )
-    return (steps, 0.1 if lr is None else lr) if steps else None

@@ -56,10 +56,12 @@ class BnMode(str, Enum):
 
 
 class ScoreDtype(str, Enum):
-    """`score --dtype`: the precision of model-based scoring."""
+    """`score --dtype` / `prune --dtype`: the precision of the passes (pipelines.score.COMPUTE_DTYPES)."""
 
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
 
 
 class Loss(str, Enum):
@@ -69,6 +71,7 @@ class Loss(str, Enum):
     PSEUDO = "pseudo"
     UNIFORM = "uniform"
     NLL = "nll"
+    LM = "lm"
 
 
 class Hessian(str, Enum):
@@ -89,7 +92,7 @@ class InitScheme(str, Enum):
 
 
 class ExportDtype(str, Enum):
-    """`export --dtype`: the ONNX file's float type (export.to_onnx.DTYPES)."""
+    """`export --onnx-dtype`: the ONNX file's float type (export.to_onnx.DTYPES)."""
 
     FLOAT32 = "float32"
     FLOAT16 = "float16"

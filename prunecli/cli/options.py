@@ -1,4 +1,4 @@
-"""Shared option aliases, the option groups they fill, and the one place that validates numbers.
+"""Shared option aliases, and the option groups they fill (the values are checked in `values`).
 
 Each option is declared once here, as an `Annotated` alias. The options that several commands
 share form groups (`ModelOptions`, `MethodOptions`, `SelectionOptions`): a command lists the
@@ -20,7 +20,8 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from prunecli.cli import choices
+from prunecli.cli import choices, completion
+from prunecli.cli.values import byte_size, fraction, parse_pattern, target_density
 from prunecli.errors import UsageError
 from prunecli.selection.spec import SelectionSpec
 
@@ -46,38 +47,14 @@ Exclude = Annotated[
 Checkpoint = Annotated[
     Path, typer.Argument(help="Checkpoint: .safetensors, .safetensors.index.json, .pt/.pth/.bin.")
 ]
-Method = Annotated[str, typer.Option("--method", "-m", help="Scoring method (see `prunecli methods`).")]
 
 
-def fraction(value: float, flag: str) -> float:
-    """Validate a fraction in [0, 1] once, at the edge."""
-    if not 0.0 <= value <= 1.0:
-        raise UsageError(f"{flag} {value} is outside [0, 1]", f"give {flag} as a fraction, e.g. 0.9")
-    return value
-
-
-def target_density(sparsity: float | None, density: float | None, required: bool = True) -> float | None:
-    """The density from exactly one of --sparsity / --density."""
-    if sparsity is not None and density is not None:
-        raise UsageError("--sparsity and --density were both given", "give only one of them")
-    if sparsity is not None:
-        return 1.0 - fraction(sparsity, "--sparsity")
-    if density is not None:
-        return fraction(density, "--density")
-    if required:
-        raise UsageError("no target given", "add --sparsity S (e.g. 0.9) or --density D")
-    return None
-
-
-def parse_pattern(text: str) -> tuple[int, int]:
-    """`N:M` -> (N, M) with 0 < N <= M."""
-    try:
-        n, m = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise UsageError(f"--pattern {text!r} is not N:M", "write it like 2:4") from None
-    if not 0 < n <= m:
-        raise UsageError(f"--pattern {text!r} needs 0 < N <= M", "write it like 2:4") from None
-    return n, m
+Method = Annotated[
+    str,
+    typer.Option(
+        "--method", "-m", help="Scoring method (see `prunecli methods`).", autocompletion=completion.methods
+    ),
+]
 
 
 # Option groups: one dataclass each, filled by `gather` --------------------------------------
@@ -119,7 +96,7 @@ class ModelOptions:
     arch_args: str | None = None
     data: str | None = None
     input_shape: str | None = None
-    batch_size: int = 128
+    batch_size: int | None = None  # None: the data's (128 examples, 8 token windows)
     num_batches: int = 1
     per_class: int | None = None
     inputs_key: str | None = None
@@ -133,6 +110,9 @@ class ModelOptions:
     seed: int = DEFAULT_SEED
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+    seq_len: int | None = None  # None: 2048, capped at the model's maximum
+    num_samples: int | None = None  # None: 128
 
 
 @dataclass(frozen=True)
@@ -213,20 +193,54 @@ SELECTION = SelectionOptions()
 
 Arch = Annotated[
     Optional[str],
-    typer.Option("--arch", help="Zoo name, package.module:factory, file.py:factory, or a .pt2 archive."),
+    typer.Option(
+        "--arch",
+        help="Zoo name, package.module:factory, file.py:factory, a .pt2 archive, or hf:DIR (a Hugging Face "
+        "config folder; default for a checkpoint folder with config.json).",
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let a Hugging Face model folder run the Python code it ships (auto_map): only for folders "
+        "you trust.",
+    ),
 ]
 ArchArgs = Annotated[
     Optional[str], typer.Option("--arch-args", help="JSON keyword arguments for the factory.")
 ]
 Data = Annotated[
     Optional[str],
-    typer.Option("--data", help="Calibration data: .npz/.npy/.safetensors/.pt, random:SHAPE or ones:SHAPE."),
+    typer.Option(
+        "--data",
+        help="Calibration data: .npz/.npy/.safetensors/.pt (inputs, or input_ids), .txt/.jsonl text, "
+        "random:SHAPE or ones:SHAPE.",
+    ),
 ]
 InputShape = Annotated[
     Optional[str],
     typer.Option("--input-shape", help="One example's shape, e.g. 3x32x32 (data-free methods)."),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per calibration batch.")]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", help="Examples per calibration batch (default: 128, or 8 for token data)."),
+]
+SeqLen = Annotated[
+    Optional[int],
+    typer.Option(
+        "--seq-len",
+        min=1,
+        metavar="N",
+        help="Token windows cut from text: N tokens (default 2048, capped at the model's maximum).",
+    ),
+]
+NumSamples = Annotated[
+    Optional[int],
+    typer.Option(
+        "--num-samples", min=1, metavar="N", help="Token windows or rows drawn from token data (default 128)."
+    ),
+]
 NumBatches = Annotated[int, typer.Option("--num-batches", help="Calibration batches.")]
 PerClass = Annotated[
     Optional[int], typer.Option("--per-class", help="Class-balanced: N examples of each class (as GraSP).")
@@ -235,7 +249,9 @@ InputsKey = Annotated[Optional[str], typer.Option("--inputs-key", help="Array na
 LabelsKey = Annotated[Optional[str], typer.Option("--labels-key", help="Array name of the labels in --data.")]
 Loss = Annotated[
     Optional[choices.Loss],
-    typer.Option("--loss", help="Calibration loss (default: ce with labels, pseudo without)."),
+    typer.Option(
+        "--loss", help="Calibration loss (default: lm for token data, else ce with labels, pseudo without)."
+    ),
 ]
 ScoreSparsity = Annotated[
     Optional[float],
@@ -252,10 +268,20 @@ BnMode = Annotated[
     Optional[choices.BnMode],
     typer.Option("--bn-mode", help="Batch-norm mode while scoring (default: the method's)."),
 ]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        metavar="<auto|cpu|cuda|cuda:N>",
+        help="Where the model runs: auto picks CUDA when present.",
+    ),
+]
 Dtype = Annotated[
     Optional[choices.ScoreDtype],
-    typer.Option("--dtype", help="Scoring precision (default: the method's; SynFlow float64)."),
+    typer.Option(
+        "--dtype",
+        help="Precision of the forward and backward passes (default: the method's; SynFlow float64).",
+    ),
 ]
 Temperature = Annotated[
     Optional[float],
@@ -312,6 +338,28 @@ Shuffle = Annotated[
     bool, typer.Option("--shuffle", help="Permute each layer's mask at random (sanity check).")
 ]
 Invert = Annotated[bool, typer.Option("--invert", help="Keep the lowest scores instead.")]
+IsometrySteps = Annotated[
+    int,
+    typer.Option("--isometry-steps", help="SGD steps of the approximate-isometry fix (Lee et al. 2020)."),
+]
+IsometryLr = Annotated[
+    Optional[float],
+    typer.Option("--isometry-lr", help="Learning rate of --isometry-steps (default 0.1)."),
+]
+MaxShardSize = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="Split the weights into files of at most SIZE (500MB, 2GB, 1GiB or bytes), with an index "
+        "(default: shard like the input).",
+    ),
+]
+
+
+def shard_size(text: str | None) -> int | None:
+    """--max-shard-size in bytes (None: not given)."""
+    return None if text is None else byte_size(text, "--max-shard-size")
 
 
 def scoring_arguments(model: ModelOptions, method: MethodOptions) -> dict[str, Any]:
@@ -337,6 +385,9 @@ def scoring_arguments(model: ModelOptions, method: MethodOptions) -> dict[str, A
         "include": model.include,
         "exclude": model.exclude,
         "options": method.given(),
+        "trust_remote_code": model.trust_remote_code,
+        "seq_len": model.seq_len,
+        "num_samples": model.num_samples,
     }
 
 

@@ -7,7 +7,16 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from prunecli.errors import render_parameters
 
@@ -22,9 +31,21 @@ def flags(text: str) -> str:
     return render_parameters(text, flag)
 
 
+# The width of a console that is not a terminal (a pipe, a file, a CI log): tables take their
+# natural width there, so no tensor name is ever wrapped or cut and each row stays one line.
+UNWRAPPED_WIDTH = 1_000_000
+
+
 def stderr_console() -> Console:
-    """A console on the current stderr (created per use, so tests can capture it)."""
-    return Console(stderr=True, highlight=False, soft_wrap=False)
+    """A console on the current stderr (created per use, so tests can capture it).
+
+    On a terminal, tables fit its width; elsewhere nothing is wrapped (`UNWRAPPED_WIDTH`), so
+    `grep` and log readers see whole names.
+    """
+    console = Console(stderr=True, highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console.width = UNWRAPPED_WIDTH
+    return console
 
 
 def note(message: str, quiet: bool = False) -> None:
@@ -57,18 +78,31 @@ def report_applied(applied: Any, output: object, *, json_out: bool, quiet: bool)
         emit_json(applied.manifest)
 
 
-class RichProgress:
-    """The library's Progress protocol drawn as a transient rich bar on stderr."""
+class _Count(MofNCompleteColumn):
+    """`done/total` for a stage with a total; nothing for one without (its spinner says enough)."""
 
-    def __init__(self, quiet: bool) -> None:
+    def render(self, task: Task) -> Text:
+        return super().render(task) if task.total is not None else Text("")
+
+
+class RichProgress:
+    """The library's Progress protocol drawn on stderr, transient, on a terminal only.
+
+    A stage with a total draws a bar and `done/total`; one without (total 0, e.g. "building the
+    model") draws a spinner and a pulsing bar, so a long load never looks frozen.
+    """
+
+    def __init__(self, quiet: bool, console: Console | None = None) -> None:
+        console = console or stderr_console()
         self._progress = Progress(
+            SpinnerColumn(finished_text=" "),
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            _Count(),
             TimeElapsedColumn(),
-            console=stderr_console(),
+            console=console,
             transient=True,
-            disable=quiet or not sys.stderr.isatty(),  # no bars in CI logs
+            disable=quiet or not console.is_terminal,  # no bars in CI logs
         )
         self._task: Any = None
 
@@ -79,10 +113,10 @@ class RichProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def stage(self, description: str, total: int) -> None:
+    def stage(self, description: str, total: int | None) -> None:
         if self._task is not None:
             self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(description, total=total)
+        self._task = self._progress.add_task(description, total=total if total else None)
 
     def advance(self) -> None:
         self._progress.advance(self._task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prunecli.cli import options as opt
+from prunecli.cli import values
 from prunecli.cli.output import RichProgress, report_applied
 
 
@@ -20,12 +21,18 @@ def prune(
     aggregate: opt.Aggregate = opt.SELECTION.aggregate,
     shuffle: opt.Shuffle = False,
     invert: opt.Invert = False,
+    isometry_steps: opt.IsometrySteps = 0,
+    isometry_lr: opt.IsometryLr = None,
+    max_shard_size: opt.MaxShardSize = None,
     arch: opt.Arch = None,
     arch_args: opt.ArchArgs = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
     data: opt.Data = None,
     input_shape: opt.InputShape = None,
     batch_size: opt.BatchSize = opt.MODEL.batch_size,
     num_batches: opt.NumBatches = opt.MODEL.num_batches,
+    seq_len: opt.SeqLen = opt.MODEL.seq_len,
+    num_samples: opt.NumSamples = opt.MODEL.num_samples,
     per_class: opt.PerClass = None,
     inputs_key: opt.InputsKey = None,
     labels_key: opt.LabelsKey = None,
@@ -55,6 +62,8 @@ def prune(
       prunecli prune init.safetensors -m snip --arch lenet-300-100 --data mnist.npz --sparsity 0.95 -o out/
 
       prunecli prune init.safetensors -m synflow --arch resnet20 --sparsity 0.98 -o out/
+
+      prunecli prune llama/ -m wanda --data c4.jsonl --seq-len 2048 --pattern 2:4 --max-shard-size 5GB -o out/
     """
     from prunecli.pipelines.prune import prune as prune_checkpoint
 
@@ -64,6 +73,7 @@ def prune(
     with RichProgress(quiet) as progress:
         applied = prune_checkpoint(
             checkpoint, output, spec, method, seed=model.seed, force=force, progress=progress,
-            **opt.scoring_arguments(model, method_options),
+            isometry=values.isometry(isometry_steps, isometry_lr),
+            max_shard_size=opt.shard_size(max_shard_size), **opt.scoring_arguments(model, method_options),
         )  # fmt: skip
     report_applied(applied, output, json_out=json_out, quiet=quiet)

@@ -89,6 +89,7 @@ def prune(
     *,
     seed: int = 0,
     force: bool = False,
+    isometry: tuple[int, float] | None = None,
     max_shard_size: int | None = None,
     progress: Progress | None = None,
     **scoring: Any,
@@ -100,6 +101,7 @@ def prune(
         method: a registered name ("snip") or a `Method`.
         seed: the seed of scoring and of selection.
         force: replace an existing output folder (one that prunecli wrote).
+        isometry: (steps, learning rate) of the approximate-isometry fix after masking, or None.
         max_shard_size: bytes per output weights file (None: shard like the input).
         scoring: `score`'s keyword arguments for the method (arch, data, batch_size,
             iterations, options, ...; see `prunecli.pipelines.score.score`).
@@ -133,6 +135,6 @@ def prune(
     with open_checkpoint(checkpoint) as ckpt:
         manifest = apply_opened(
             ckpt, output, spec, method=None, scores=held, scores_path=label, seed=seed, force=force,
-            inputs=inputs, max_shard_size=max_shard_size, progress=progress,
+            inputs=inputs, isometry=isometry, max_shard_size=max_shard_size, progress=progress,
         )  # fmt: skip
         return Applied(manifest, result.notes + [n for n in ckpt.notes if n not in result.notes])
