@@ -130,19 +130,19 @@ def _read_ids(path: Path) -> tuple[np.ndarray, np.ndarray]:
     arrays = _read_arrays(path, (IDS_KEY, MASK_KEY))
     ids = arrays[IDS_KEY]
     if ids.dtype.kind not in "iu":
-        raise InputError(f"`{IDS_KEY}` in {path} are {ids.dtype}, not integers",
+        raise InputError(f"'{IDS_KEY}' in {path} are {ids.dtype}, not integers",
                          "save the token ids as an integer array (int64)")  # fmt: skip
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise InputError(f"`{IDS_KEY}` in {path} has shape {ids.shape}, not (rows, tokens)",
+        raise InputError(f"'{IDS_KEY}' in {path} has shape {ids.shape}, not (rows, tokens)",
                          "save a 2-D array of token ids, one row per sequence")  # fmt: skip
     mask = arrays.get(MASK_KEY)
     if mask is None:
         return ids.astype(np.int64), np.ones(ids.shape, dtype=bool)
     if mask.shape != ids.shape:
-        raise InputError(f"`{MASK_KEY}` in {path} has shape {mask.shape}, but `{IDS_KEY}` has {ids.shape}",
+        raise InputError(f"'{MASK_KEY}' in {path} has shape {mask.shape}, but '{IDS_KEY}' has {ids.shape}",
                          "save one mask entry per token")  # fmt: skip
     if not np.isin(mask, (0, 1)).all():
-        raise InputError(f"`{MASK_KEY}` in {path} holds values other than 0 and 1", "save a 0/1 mask")
+        raise InputError(f"'{MASK_KEY}' in {path} holds values other than 0 and 1", "save a 0/1 mask")
     return ids.astype(np.int64), mask.astype(bool)
 
 
@@ -202,7 +202,7 @@ def _documents(path: Path) -> list[str]:
                 ) from None
             value = record.get("text") if isinstance(record, dict) else None
             if not isinstance(value, str):
-                raise InputError(f"line {number} of {path} has no string `text` field",
+                raise InputError(f"line {number} of {path} has no string 'text' field",
                                  'write objects like {"text": "..."}')  # fmt: skip
             if value.strip():
                 documents.append(value)
