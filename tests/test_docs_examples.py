@@ -127,6 +127,15 @@ def setup_guide() -> None:
     prunecli("apply init.safetensors --scores snip.safetensors --sparsity 0.95 -o snip-95/ -q")
 
 
+def setup_huggingface() -> None:
+    from tests.hf_folders import corpus, llama
+
+    llama(Path("llama"))
+    Path("corpus.txt").write_text(corpus(), encoding="utf-8")
+    prunecli("prune llama/ --method wanda --data corpus.txt --sparsity 0.5 --scope row -o llama-50/ -q")
+    prunecli("inspect llama-50/ --expect-sparsity 0.5 --tolerance 0.001 -q")
+
+
 def setup_signal() -> None:
     digits("train.npz")  # the page uses 22,699 digits: its numbers differ with these 2,000
 
@@ -141,6 +150,7 @@ SETUPS: dict[str, Callable[[], None]] = {
     "docs/data.md": setup_data,
     "docs/export.md": setup_export,
     "docs/guide.md": setup_guide,
+    "docs/huggingface.md": setup_huggingface,
     "docs/signal-propagation.md": setup_signal,
     "docs/training-with-masks.md": setup_training,
 }
@@ -263,6 +273,7 @@ PROMISES: dict[tuple[str, int], list[Promise]] = {
     ],
     ("docs/guide.md", 4): [same_bytes("api-snip.safetensors", "snip.safetensors")],  # "the same bytes"
     ("docs/guide.md", 6): [same_as_text_block],
+    ("docs/huggingface.md", 0): [same_as_text_block],
     ("docs/training-with-masks.md", 0): [then("inspect trained.safetensors --expect-sparsity 0.9 -q")],
 }
 
@@ -281,6 +292,7 @@ def test_blocks_are_found() -> None:
         "docs/data.md": 2,
         "docs/export.md": 2,
         "docs/guide.md": 7,
+        "docs/huggingface.md": 1,
         "docs/signal-propagation.md": 1,
         "docs/training-with-masks.md": 1,
     }
