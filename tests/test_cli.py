@@ -91,7 +91,7 @@ def test_apply_outputs_are_consistent(cli, mlp_ckpt: Path, tmp_path: Path) -> No
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert normalised(manifest, tmp_path) == {
         "format": "prunecli.manifest",
-        "schema_version": 1,
+        "schema_version": 2,
         "tool": {"name": "prunecli", "version": "<version>"},
         "source": {"path": "<tmp>/mlp.safetensors", "sha256": "<sha256>", "arch": None},
         "method": {"name": "magnitude", "params": {}, "seed": 0, "scores": None, "data_fingerprint": None},
@@ -105,6 +105,7 @@ def test_apply_outputs_are_consistent(cli, mlp_ckpt: Path, tmp_path: Path) -> No
             record("fc2.bias", [4], 4, False),
         ],
         "warnings": [],
+        "weights_updated": False,
         "files": {"model": "model.safetensors", "masks": "masks.safetensors"},
     }
     source, model, masks = (

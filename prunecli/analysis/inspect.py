@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from prunecli.errors import InputError, ManifestError, UsageError
-from prunecli.io.checkpoints import open_checkpoint, require_file
+from prunecli.io.checkpoints import open_checkpoint, require_file, weights_path
 from prunecli.io.dtypes import zero_count
 from prunecli.io.manifest import MANIFEST_FILE, read_manifest, tensor_record
 from prunecli.io.safetensors_file import SafetensorsReader
@@ -319,7 +319,7 @@ def signal_summary(path: Path, request: SignalRequest) -> dict[str, Any]:
     from prunecli.models import default_input_shape, load_weights, parse_arch_args, resolve_model
 
     folder = path if path.is_dir() else path.parent if path.suffix == ".json" else None
-    weights = folder / "model.safetensors" if folder else path
+    weights = weights_path(folder) if folder else path
     args = parse_arch_args(request.arch_args)
     calibration = None
     if request.data:

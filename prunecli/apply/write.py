@@ -17,6 +17,7 @@ import numpy as np
 from prunecli.apply.isometry import Refiner
 from prunecli.apply.layout import OutputLayout
 from prunecli.apply.plan import BLOCK, SEGMENT, KeySource, MaskPart, MaskPlan, Scratch
+from prunecli.io.checkpoints import Checkpoint
 from prunecli.io.dtypes import as_unsigned, itemsize
 from prunecli.io.manifest import MASKS_FILE, MODEL_FILE, tensor_record
 from prunecli.io.outputs import write_bytes
@@ -131,9 +132,11 @@ def write_pruned(
     refine: Refiner | None = None,
     workers: Workers = INLINE,
     layout: OutputLayout | None = None,
+    replacements: Checkpoint | None = None,
 ) -> list[dict[str, Any]]:
     """The final pass: mask every prunable tensor (on `workers`), copy the rest, write the
-    weights files of `layout` (one `model.safetensors` by default), the masks and the copies."""
+    weights files of `layout` (one `model.safetensors` by default), the masks and the copies.
+    A tensor in `replacements` (weights a method updated) is written from there instead."""
     ckpt = source.ckpt
     layout = layout or OutputLayout([(MODEL_FILE, list(ckpt.tensors))], [])
     chosen = set(names)
@@ -147,7 +150,8 @@ def write_pruned(
             with SafetensorsWriter(folder / shard, entries, MODEL_METADATA) as model_out:
                 for name in shard_names:
                     info = ckpt.tensors[name]
-                    raw = ckpt.view(name)  # read-only; untouched tensors are written straight from it
+                    updated = replacements is not None and name in replacements.tensors
+                    raw = (replacements if updated else ckpt).view(name)  # read-only, mapped
                     kept = info.numel
                     if name in chosen:
                         packed, kept = copier.write(name, raw, model_out, refine)

@@ -125,11 +125,15 @@ class MethodOptions:
     obd_first_order: bool = False
     fisher: bool = False
     max_params: int | None = None
+    damp: float | None = None
+    block_size: int | None = None
 
     def given(self) -> dict[str, object]:
         """The method-specific options that were given (the methods supply their own defaults)."""
-        optional = {"hessian": self.hessian, "hutchinson_samples": self.hutchinson_samples,
-                    "max_params": self.max_params}  # fmt: skip
+        optional = {
+            "hessian": self.hessian, "hutchinson_samples": self.hutchinson_samples,
+            "max_params": self.max_params, "damp": self.damp, "block_size": self.block_size,
+        }  # fmt: skip
         options: dict[str, object] = {name: value for name, value in optional.items() if value is not None}
         if self.obd_first_order:
             options["obd_first_order"] = True
@@ -306,6 +310,27 @@ MaxParams = Annotated[
     typer.Option(
         "--max-params", help="Refuse exact (1,000,000) or OBD's exact Hessian (100,000) above this."
     ),
+]
+
+Damp = Annotated[
+    Optional[float],
+    typer.Option("--damp", help="sparsegpt: Hessian dampening, a fraction of its mean diagonal (0.01)."),
+]
+BlockSize = Annotated[
+    Optional[int],
+    typer.Option("--block-size", help="sparsegpt: columns solved per block, lazy batched updates (128)."),
+]
+Sequential = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--sequential/--no-sequential",
+        help="wanda, sparsegpt: prune block by block, each block calibrated on the pruned blocks' outputs "
+        "(default on a transformer folder), or one-shot on the dense model.",
+    ),
+]
+OffloadDir = Annotated[
+    Optional[Path],
+    typer.Option("--offload-dir", help="Keep block-by-block activations in this folder, not in memory."),
 ]
 
 

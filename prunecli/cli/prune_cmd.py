@@ -48,6 +48,10 @@ def prune(
     obd_first_order: opt.ObdFirstOrder = False,
     fisher: opt.Fisher = False,
     max_params: opt.MaxParams = None,
+    damp: opt.Damp = None,
+    block_size: opt.BlockSize = None,
+    sequential: opt.Sequential = None,
+    offload_dir: opt.OffloadDir = None,
     seed: opt.Seed = opt.DEFAULT_SEED,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -74,6 +78,7 @@ def prune(
         applied = prune_checkpoint(
             checkpoint, output, spec, method, seed=model.seed, force=force, progress=progress,
             isometry=values.isometry(isometry_steps, isometry_lr),
-            max_shard_size=opt.shard_size(max_shard_size), **opt.scoring_arguments(model, method_options),
+            max_shard_size=opt.shard_size(max_shard_size), sequential=sequential, offload_dir=offload_dir,
+            **opt.scoring_arguments(model, method_options),
         )  # fmt: skip
     report_applied(applied, output, json_out=json_out, quiet=quiet)

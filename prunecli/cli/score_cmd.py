@@ -40,6 +40,8 @@ def score(
     obd_first_order: opt.ObdFirstOrder = False,
     fisher: opt.Fisher = False,
     max_params: opt.MaxParams = None,
+    damp: opt.Damp = None,
+    block_size: opt.BlockSize = None,
     seed: opt.Seed = opt.DEFAULT_SEED,
     include: opt.Include = None,
     exclude: opt.Exclude = None,

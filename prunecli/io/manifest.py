@@ -17,7 +17,7 @@ FORMAT = "prunecli.manifest"
 MODEL_FILE = "model.safetensors"
 MASKS_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `weights_updated` (SparseGPT); version 1 is read as weights_updated false
 
 _TENSOR = {
     "type": "object",
@@ -115,6 +115,7 @@ SCHEMA: dict[str, Any] = {
         },
         "tensors": {"type": "array", "items": _TENSOR},
         "warnings": {"type": "array", "items": _WARNING},
+        "weights_updated": {"type": "boolean"},
         "isometry": {
             "type": "object",
             "required": ["steps", "lr", "penalty_before", "penalty_after", "layers"],
@@ -227,4 +228,5 @@ def read_manifest(path: Path) -> dict[str, Any]:
     problems = schema_errors(data)
     if problems:
         raise ManifestError(f"{path} is malformed: {problems[0]}", "regenerate it with prunecli apply")
+    data.setdefault("weights_updated", False)  # schema 1: the kept weights were never changed
     return data

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prunecli import __version__
 from prunecli.apply.isometry import isometry_refiner
 from prunecli.apply.layout import OutputLayout, output_layout
-from prunecli.apply.plan import KeySource, plan_masks
+from prunecli.apply.plan import KeySource, MaskPlan, plan_masks
 from prunecli.apply.write import write_pruned
 from prunecli.errors import InputError, UsageError
 from prunecli.io.checkpoints import Checkpoint
@@ -73,6 +73,8 @@ class ApplyRequest:
     isometry: tuple[int, float] | None = None  # (steps, lr) of --isometry-steps
     inputs: list[Path] = field(default_factory=list)  # other input files the output must not replace
     max_shard_size: int | None = None  # bytes per weights file (None: shard like the input)
+    given: dict[str, int] | None = None  # masks decided while calibrating: keep counts, kept exactly
+    weights: Checkpoint | None = None  # updated weights (SparseGPT) written instead of the originals
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -106,12 +108,10 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
             source = KeySource(
                 ckpt, req.names, method=req.method, scores=req.scores, seed=req.seed, invert=req.spec.invert
             )
-            plan = plan_masks(
-                source, req.names, req.spec, progress, workers, transposed_weights(ckpt, req.spec)
-            )
+            plan = _plan(source, req, progress, workers)
             refine, isometry = isometry_refiner(*req.isometry) if req.isometry else (None, None)
             records = write_pruned(
-                source, plan, req.names, folder, req.seed, progress, refine, workers, layout
+                source, plan, req.names, folder, req.seed, progress, refine, workers, layout, req.weights
             )
             source_sha = source_hash.result()
             _warn_if_scored_elsewhere(req, source_sha)
@@ -132,6 +132,18 @@ def _warn_if_scored_elsewhere(req: ApplyRequest, source_sha: str) -> None:
                 "message": f"the scores were computed on another checkpoint (sha256 {recorded[:12]})",
             }
         )
+
+
+def _plan(source: KeySource, req: ApplyRequest, progress: Progress, workers: Workers) -> MaskPlan:
+    """The mask plan: by the selection rule, or, for masks given whole, their exact keep counts
+    (their scores are 1 where kept and 0 where pruned, so each tensor's top `kept` is its mask)."""
+    if req.given is None:
+        transposed = transposed_weights(req.checkpoint, req.spec)
+        return plan_masks(source, req.names, req.spec, progress, workers, transposed)
+    exact = replace(
+        req.spec, scope="layer", allocation="uniform", pattern=None, structure=None, min_density=0.0
+    )
+    return MaskPlan(exact, dict(req.given), workers=workers)
 
 
 def transposed_weights(ckpt: Checkpoint, spec: SelectionSpec) -> frozenset[str]:
@@ -176,6 +188,7 @@ def _manifest(
         },
         "tensors": records,
         "warnings": req.warnings + _floor_warnings(req.spec, prunable, kept) + _collapse_warnings(records),
+        "weights_updated": req.weights is not None,
         "files": _files(layout),
     }
 
@@ -280,6 +293,8 @@ def apply_opened(
     isometry: tuple[int, float] | None = None,
     inputs: list[Path] | None = None,
     max_shard_size: int | None = None,
+    given: dict[str, int] | None = None,
+    weights: Checkpoint | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """`apply` on an open checkpoint and open scores (a file, or scores held in memory)."""
@@ -294,7 +309,8 @@ def apply_opened(
     request = ApplyRequest(
         checkpoint=ckpt, names=names, spec=spec, out=output, method=method, scores=scores,
         scores_path=scores_path, method_name=name, seed=seed, force=force, isometry=isometry,
-        inputs=list(inputs or []), max_shard_size=max_shard_size,
+        inputs=list(inputs or []), max_shard_size=max_shard_size, given=given,
+        weights=weights,
     )  # fmt: skip
     if scores is not None:
         describe_scores(request, scores.metadata)

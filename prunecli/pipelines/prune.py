@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from prunecli.errors import UsageError
 from prunecli.io.checkpoints import Checkpoint
 from prunecli.io.safetensors_file import header_bytes
 from prunecli.io.safetensors_header import TensorInfo
@@ -91,6 +92,8 @@ def prune(
     force: bool = False,
     isometry: tuple[int, float] | None = None,
     max_shard_size: int | None = None,
+    sequential: bool | None = None,
+    offload_dir: Path | str | None = None,
     progress: Progress | None = None,
     **scoring: Any,
 ) -> Applied:
@@ -103,6 +106,9 @@ def prune(
         force: replace an existing output folder (one that prunecli wrote).
         isometry: (steps, learning rate) of the approximate-isometry fix after masking, or None.
         max_shard_size: bytes per output weights file (None: shard like the input).
+        sequential: for methods that decide masks while calibrating (Wanda, SparseGPT): block by
+            block, each block on the pruned blocks' outputs (None: yes, on a transformer folder).
+        offload_dir: where block-by-block activations wait (None: in memory).
         scoring: `score`'s keyword arguments for the method (arch, data, batch_size,
             iterations, options, ...; see `prunecli.pipelines.score.score`).
         progress: reports stages and steps; silent by default.
@@ -128,13 +134,47 @@ def prune(
     check_output_folder(output, force, inputs)  # early, before minutes of scoring
     spec.validate()
     sparsity = 1.0 - spec.density if chosen.iterative else None
-    request = score_request(checkpoint, chosen, sparsity=sparsity, seed=seed, **scoring)
+    request = score_request(
+        checkpoint, chosen, sparsity=sparsity, seed=seed, sequential=sequential,
+        offload_dir=None if offload_dir is None else Path(offload_dir), **scoring,
+    )  # fmt: skip
+    writing = {"seed": seed, "force": force, "inputs": inputs, "isometry": isometry,
+               "max_shard_size": max_shard_size, "progress": progress}  # fmt: skip
+    if _layer_by_layer(request):
+        return _prune_layer_by_layer(request, output, spec, writing)
     label = Path(f"(computed by prune: {chosen.name})")
     with scored(request, progress) as result:
         held = ScoresInMemory.collect(result, label)
     with open_checkpoint(checkpoint) as ckpt:
-        manifest = apply_opened(
-            ckpt, output, spec, method=None, scores=held, scores_path=label, seed=seed, force=force,
-            inputs=inputs, isometry=isometry, max_shard_size=max_shard_size, progress=progress,
-        )  # fmt: skip
+        manifest = apply_opened(ckpt, output, spec, method=None, scores=held, scores_path=label, **writing)
         return Applied(manifest, result.notes + [n for n in ckpt.notes if n not in result.notes])
+
+
+def _layer_by_layer(request: Any) -> bool:
+    """Whether the method decides masks while calibrating: always for one that returns weights
+    (SparseGPT); for Wanda, block by block on a transformer unless `sequential` is False."""
+    from prunecli.models.hf import is_hf_spec
+
+    method = request.method
+    if method.layerwise is None:
+        if request.sequential:
+            raise UsageError(f"{method.name} cannot prune block by block", "drop `sequential`",
+                             option="sequential", value=True)  # fmt: skip
+        return False
+    return method.returns == "weights" or (request.sequential is not False and is_hf_spec(request.arch))
+
+
+def _prune_layer_by_layer(
+    request: Any, output: Path, spec: SelectionSpec, writing: dict[str, Any]
+) -> Applied:
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.pipelines.layerwise import layerwise_spec, pruned_layer_by_layer
+
+    spec, notes = layerwise_spec(spec, request.method)
+    with pruned_layer_by_layer(request, spec, output, writing["progress"]) as done:
+        with open_checkpoint(request.checkpoint) as ckpt:
+            manifest = apply_opened(
+                ckpt, output, spec, method=None, scores=done.masks, scores_path=done.masks.path,
+                given=done.masks.kept, weights=done.weights, **writing,
+            )  # fmt: skip
+            return Applied(manifest, notes + done.notes + list(ckpt.notes))

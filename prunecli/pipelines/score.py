@@ -81,6 +81,8 @@ class ScoreRequest:
     trust_remote_code: bool = False  # run code shipped with a Hugging Face model folder
     seq_len: int | None = None  # token windows cut from text (None: 2048, capped at the model's)
     num_samples: int | None = None  # token windows or rows drawn (None: 128)
+    sequential: bool | None = None  # layer-by-layer methods: block by block (None: yes, on a transformer)
+    offload_dir: Path | None = None  # where block-by-block activations wait (None: in memory)
 
 
 @dataclass
@@ -281,7 +283,15 @@ def _validate(req: ScoreRequest) -> MethodOptions:
         raise UsageError(f"{m.name} needs a model", "add `arch` (e.g. `arch` lenet-300-100)", option="arch")
     check_keys(m, req.options, all_methods())
     if m.returns == "weights":
-        raise UsageError(f"{m.name} returns updated weights, which no pipeline applies yet", "use a scorer")
+        raise UsageError(
+            f"{m.name} updates the weights it keeps, so its result is weights, not scores",
+            f"run it with prunecli prune -m {m.name}", option="method", value=m.name,
+        )  # fmt: skip
+    if req.sequential:
+        raise UsageError(
+            "scores are computed on the dense model; block-by-block pruning decides masks while calibrating",
+            "run it with prunecli prune", option="sequential", value=True,
+        )  # fmt: skip
     if m.data == "batches" and req.data is None:
         raise UsageError(f"{m.name} needs calibration data", "add `data` FILE (or `data` random:SHAPE)",
                          option="data")  # fmt: skip

@@ -57,11 +57,13 @@ class Method:
       "unused" (no loss at all); `reads`: "shapes" for a per-tensor method that ignores values.
     - `iterative`: takes the target sparsity at score time and runs `options.iterations` steps.
     - `returns`: "scores", "masks" (an iterative method's final mask, encoded as scores) or
-      "weights" (updated weights, reserved for SparseGPT: no pipeline runs it yet).
+      "weights" (updated weights: SparseGPT, which only `prune` runs, layer by layer).
     - `bn_mode`, `default_dtype`, `default_scope`: the reference's batch-norm mode, scoring
       precision (None: float32) and selection scope (a declaration: apply's default is global).
     - `second_order`: differentiates through a gradient (GraSP's Hg, OBD's Hessian), so a
       transformer is built with plain attention (fused attention kernels have no second derivative).
+    - `layerwise`: builds the method's block pruner (`scoring.layerwise`): the method can decide
+      masks layer by layer while calibrating, block by block (`prune`'s `sequential`).
     - `requirements`: what else `prunecli methods` says the user must give.
     """
 
@@ -82,6 +84,7 @@ class Method:
     default_dtype: str | None = None
     default_scope: str | None = None
     second_order: bool = False
+    layerwise: Callable[..., Any] | None = None
     requirements: tuple[str, ...] = ()
 
     @property
@@ -143,6 +146,7 @@ def inconsistency(m: Method) -> str | None:
         (m.returns in RETURNS, f"returns is one of {RETURNS}"),
         (m.iterative == (m.returns == "masks"), "iterative methods, and only they, return masks"),
         (m.needs_model or m.returns == "scores", "a per-tensor method returns scores"),
+        (m.returns != "weights" or m.layerwise is not None, "a method that returns weights prunes layerwise"),
         (m.default_dtype in (None, *DTYPES), f"default_dtype is None or one of {DTYPES}"),
         (m.default_scope in (None, *SCOPES), f"default_scope is None or one of {SCOPES}"),
         (_is_options(m.options), "options is a frozen MethodOptions dataclass with defaults"),

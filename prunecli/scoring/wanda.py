@@ -161,9 +161,17 @@ def _layers(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Modu
     labels="unused",
     bn_mode="eval",
     default_scope="row",
+    layerwise=lambda options, rule, results: _block_pruner(rule, results),
 )
 def wanda_method(ctx: ScoringContext, options: NoOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage("Wanda: input statistics", len(ctx.batches))
     return ScoreResult(wanda_scores(ctx.model, ctx.names, ctx.batches, ctx.progress))
+
+
+def _block_pruner(rule: object, results: object) -> object:
+    """Wanda decided layer by layer while calibrating (`prune`'s block-by-block mode)."""
+    from prunecli.scoring.layerwise import WandaPruner
+
+    return WandaPruner(rule, results)
