@@ -11,21 +11,24 @@ from rich.table import Table
 
 from prunecli.cli import options as opt
 from prunecli.cli.choices import ExportDtype
-from prunecli.cli.output import emit_json, note, stderr_console
-from prunecli.errors import CheckFailed
+from prunecli.cli.output import emit_json, note, stderr_console, warn
+from prunecli.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
     from prunecli.export.to_onnx import ExportReport
 
 
 def export(
-    path: Annotated[Path, typer.Argument(help="An apply output folder, its manifest.json, or a checkpoint.")],
-    arch: Annotated[
-        str,
-        typer.Option("--arch", help="Zoo name, package.module:factory, file.py:factory, or a .pt2 archive."),
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="An apply output folder, its manifest.json, a Hugging Face model folder, or a checkpoint."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (.onnx).")],
+    arch: opt.Arch = None,
     arch_args: opt.ArchArgs = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
     input_shape: Annotated[
         Optional[str],
         typer.Option(
@@ -42,9 +45,13 @@ def export(
         Optional[int], typer.Option("--static-batch", help="Fix the batch size (default: dynamic).")
     ] = None,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 7 to 20 (default 20).")] = None,
-    dtype: Annotated[ExportDtype, typer.Option("--dtype", help="Float type of the ONNX file.")] = (
-        ExportDtype.FLOAT32
-    ),
+    onnx_dtype: Annotated[
+        ExportDtype,
+        typer.Option("--onnx-dtype", help="Float type of the ONNX file: its weights, input and output."),
+    ] = ExportDtype.FLOAT32,
+    old_dtype: Annotated[  # the old name; in score and prune --dtype is the compute precision
+        Optional[ExportDtype], typer.Option("--dtype", hidden=True, help="Deprecated: use --onnx-dtype.")
+    ] = None,
     sparse_threshold: Annotated[
         float,
         typer.Option("--sparse-threshold", help="Store tensors below this density sparse (0: all dense)."),
@@ -68,16 +75,20 @@ def export(
 ) -> None:
     """Export to one ONNX file, sparse tensors as sparse_initializer; --verify checks it with onnxruntime.
 
-    Needs the onnx extra: pip install 'prunecli\\[onnx]'.
+    Needs the onnx extra: pip install 'prunecli\\[onnx]'. A Hugging Face causal language model (a folder
+    with config.json) needs no --arch: its file takes int64 input_ids and attention_mask and returns logits.
 
     Examples:
 
       prunecli export out/ --arch vgg16 -o vgg16.onnx --verify
 
-      prunecli export out/ --arch lenet-5 --static-batch 8 --dtype float16 -o lenet5.onnx
+      prunecli export out/ --arch lenet-5 --static-batch 8 --onnx-dtype float16 -o lenet5.onnx
 
       prunecli export model.safetensors --arch resnet20 --input-shape 3x32x32 --json -o r20.onnx
+
+      prunecli export llama-pruned/ -o llama.onnx --verify
     """
+    dtype = _onnx_dtype(onnx_dtype, old_dtype)
     from prunecli.calibration.data import parse_shape
     from prunecli.export.to_onnx import ExportRequest, export_onnx
     from prunecli.models import parse_arch_args
@@ -86,7 +97,7 @@ def export(
         source=path, output=output, arch=arch, arch_args=parse_arch_args(arch_args),
         input_shape=parse_shape(input_shape) if input_shape is not None else None, data=data,
         static_batch=static_batch, opset=opset, dtype=dtype.value, sparse_threshold=sparse_threshold,
-        verify=verify, atol=atol, rtol=rtol, seed=seed, force=force,
+        verify=verify, atol=atol, rtol=rtol, seed=seed, force=force, trust_remote_code=trust_remote_code,
     )  # fmt: skip
     report = export_onnx(request)
     for line in report.notes:
@@ -104,6 +115,16 @@ def export(
             f"max rel error {_num(check.max_rel_error)})",
             f"{report.output} was written for inspection; loosen --atol/--rtol only if the error is expected",
         )
+
+
+def _onnx_dtype(onnx_dtype: ExportDtype, old_dtype: ExportDtype | None) -> ExportDtype:
+    """--onnx-dtype, or the deprecated `export --dtype` with a warning (never both)."""
+    if old_dtype is None:
+        return onnx_dtype
+    if onnx_dtype is not ExportDtype.FLOAT32:
+        raise UsageError("--dtype and --onnx-dtype were both given", "give only --onnx-dtype")
+    warn("export --dtype is deprecated (score and prune use --dtype for compute precision); use --onnx-dtype")
+    return old_dtype
 
 
 def _num(value: float | None) -> str:
@@ -145,6 +166,11 @@ def render(report: ExportReport, console: Console) -> None:
             f"max abs error {_num(check.max_abs_error)} (atol {check.atol:g}), "
             f"max rel error {_num(check.max_rel_error)} (rtol {check.rtol:g})"
         )
-        console.print(
-            f"verify {verdict}: {check.runtime} vs torch, batch {check.batch}: {errors}", soft_wrap=True
-        )
+        runs = f"batch {check.batch}" if len(check.shapes) == 1 else _shapes(report, check.shapes)
+        console.print(f"verify {verdict}: {check.runtime} vs torch, {runs}: {errors}", soft_wrap=True)
+
+
+def _shapes(report: ExportReport, shapes: list[list[int]]) -> str:
+    """ "input_ids 2×8 and 3×5": the first input's shape in each verification run."""
+    name = next(iter(report.inputs), "input")
+    return f"{name} " + " and ".join("×".join(map(str, shape)) for shape in shapes)

@@ -3,6 +3,8 @@
 `export_onnx` builds the model (`--arch`), loads the weights, exports one self-contained `.onnx`
 file and stores every initializer whose density is below a threshold as an ONNX
 `sparse_initializer` (COO: the nonzero values and their int64 flat indices), the rest dense.
+A Hugging Face causal language model (a weights folder with `config.json`, or `arch` `hf:DIR`)
+takes token ids instead of one float input: `prunecli.export.language_model`.
 onnxruntime expands sparse initializers to dense tensors when it loads the file, so inference
 speed is unchanged: the gain is the file size (about 12 bytes per kept fp32 weight instead of 4
 per weight, so it pays below density 1/3; 10 vs 2 bytes for fp16, below 1/5).
@@ -17,6 +19,8 @@ every initializer is the checkpoint's own tensor, bit for bit, under its paramet
 exporter merges tensors with equal values into one initializer and names the others through
 `Identity` nodes, reported as `aliases`). onnxruntime folds batch norm itself when it loads the
 file. When torch removes this exporter, `export_onnx` fails with a clear error naming it.
+For language models the dynamo exporter was tried again and lost on time and on weight names:
+see `prunecli.export.language_model`. The exporter call is shared: `prunecli.export.trace`.
 
 The file's IR version is the lowest of the exporter's, onnx's and the installed onnxruntime's
 highest (asked by loading a one-node probe model), so the runtime that verified the file loads it.
@@ -28,14 +32,10 @@ onnx and onnxruntime are imported inside functions only: `pip install 'prunecli[
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
-import sys
 import time
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prunecli import __version__
-from prunecli.errors import InputError, ScoreError, UsageError
+from prunecli.errors import InputError, UsageError
 from prunecli.export.sparse import (
     TensorRecord,
     check_model,
@@ -52,6 +52,7 @@ from prunecli.export.sparse import (
     runtime_max_ir_version,
     sparsify,
 )
+from prunecli.export.trace import Traced, check_size, refuse_non_finite, run_exporter, torch_outputs
 from prunecli.export.verify import Verification, verify
 from prunecli.io.outputs import write_bytes
 
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 DTYPES = ("float32", "float16")
 TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2)}  # default (atol, rtol) per dtype
 OPSETS = (7, 20)  # what the TorchScript exporter writes
-PROTO_LIMIT = 2**31 - 1  # protobuf's limit on one serialized message
 _SHAPE_HINT = "give one example's shape without the batch dimension, e.g. `input_shape` 3x32x32"
 
 
@@ -70,15 +70,17 @@ _SHAPE_HINT = "give one example's shape without the batch dimension, e.g. `input
 class ExportRequest:
     """Everything `export_onnx` needs; numbers are validated once, in `validate`.
 
-    `source` is an `apply` output folder (its `model.safetensors` and `manifest.json`), a
-    `manifest.json`, or any checkpoint. The input shape is one example's shape without the batch
+    `source` is an `apply` output folder (its weights and `manifest.json`), a `manifest.json`, a
+    Hugging Face model folder, or any checkpoint. Without `arch`, the folder of the weights must
+    hold `config.json`: the model is a Hugging Face causal language model (so is `arch` `hf:DIR`),
+    exported with token-id inputs. The input shape is one example's shape without the batch
     dimension: `input_shape`, else the shape of `data` (`prunecli.calibration.data.load_calibration` source),
     else the architecture's default. `atol`/`rtol` default to 1e-4/1e-3 (float32), 1e-2/1e-2 (float16).
     """
 
     source: Path
     output: Path
-    arch: str
+    arch: str | None = None  # None: the Hugging Face config beside the weights
     arch_args: Mapping[str, Any] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None
     data: str | None = None
@@ -91,6 +93,7 @@ class ExportRequest:
     rtol: float | None = None
     seed: int = 0
     force: bool = False
+    trust_remote_code: bool = False  # let a Hugging Face folder run the code it ships
 
     def validate(self) -> None:
         if not 0.0 <= self.sparse_threshold <= 1.0:
@@ -133,7 +136,9 @@ class ExportReport:
     source: str
     weights: str
     arch: str
-    input_shape: list[int]
+    input_shape: list[int | str]  # one example's shape; ["sequence"] for a language model
+    inputs: dict[str, list[int | str]]  # the file's inputs and outputs: name -> dims (a name if dynamic)
+    outputs: dict[str, list[int | str]]
     batch: int | str  # the static batch size, or "dynamic"
     dtype: str
     opset: int
@@ -180,41 +185,50 @@ def export_onnx(request: ExportRequest) -> ExportReport:
     request.validate()
     onnx, ort = require_onnx()
     weights, manifest = resolve_source(request.source)  # a folder or manifest names its weights
+    folder = _language_model_folder(request.arch, weights)
     inputs = existing_inputs(request.source, request.arch, request.data) + checkpoint_files(weights)
     if weights != request.source:
         inputs.append(weights.parent / "manifest.json")
     _check_output(request.output, request.force, inputs)
     with output_lock(request.output):
         _check_output(request.output, request.force, inputs)  # again, now that no one else writes it
-        return _export(request, weights, manifest, onnx, ort, start)
+        return _export(request, weights, manifest, folder, onnx, ort, start)
 
 
 def _export(
-    request: ExportRequest, weights: Path, manifest: dict[str, Any] | None, onnx: Any, ort: Any, start: float
+    request: ExportRequest,
+    weights: Path,
+    manifest: dict[str, Any] | None,
+    folder: Path | None,
+    onnx: Any,
+    ort: Any,
+    start: float,
 ) -> ExportReport:
-    """The export itself, run while the output is locked."""
-    model, weights_sha256, notes = _load_model(request, weights)
-    shape = _input_shape(request)
-    x = _seeded_batch(request.seed, request.static_batch or 2, shape, request.dtype)
-    reference = _forward(model, x, request.arch, shape)
-    proto, export_notes = _torch_export(model, x, len(reference), request.static_batch is None, request.opset)
-    notes += export_notes
-    del model  # the weights live on in `proto`; free torch's copy before verification
+    """The export itself, run while the output is locked (`folder`: a language model's config)."""
+    if folder is not None:
+        from prunecli.export.language_model import trace_language_model
+
+        traced = trace_language_model(request, folder, weights)  # the model is freed on return
+    else:
+        traced = _trace(request, weights)
+    proto, notes = traced.proto, traced.notes
     notes += fit_ir_version(proto, min(onnx.IR_VERSION, runtime_max_ir_version()))
-    metadata = _metadata(request, shape, weights_sha256, manifest)
+    metadata = _metadata(request, traced, manifest)
     onnx.helper.set_model_props(proto, metadata)
     dense_bytes = proto.ByteSize()
     tensors = sparsify(proto, request.sparse_threshold)
     check_model(onnx, proto)
     data = proto.SerializeToString()
-    check = verify(ort, data, x, reference, *request.tolerances()) if request.verify else None
+    check = verify(ort, data, traced.runs, *request.tolerances()) if request.verify else None
     write_bytes(request.output, data)
     return ExportReport(
         output=str(request.output),
         source=str(request.source),
         weights=str(weights),
-        arch=request.arch,
-        input_shape=list(shape),
+        arch=request.arch or f"hf:{folder}",
+        input_shape=traced.input_shape,
+        inputs=_dims(proto.graph.input),
+        outputs=_dims(proto.graph.output),
         batch=request.static_batch or "dynamic",
         dtype=request.dtype,
         opset=_opset(proto),
@@ -232,10 +246,16 @@ def _export(
 
 
 def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """The weights file and the manifest (None for a plain checkpoint) that `path` names."""
-    from prunecli.io.checkpoints import require_file
+    """The weights file and the manifest (None for a plain checkpoint) that `path` names.
+
+    A folder is an `apply` output (its manifest names the weights) or, without a manifest, a
+    Hugging Face model folder (`config.json` beside `model.safetensors` or its sharded index).
+    """
+    from prunecli.io.checkpoints import CONFIG_FILE, require_file, weights_path
     from prunecli.io.manifest import MANIFEST_FILE, read_manifest
 
+    if path.is_dir() and not (path / MANIFEST_FILE).is_file() and (path / CONFIG_FILE).is_file():
+        return weights_path(path), None
     if path.is_dir() or path.name == MANIFEST_FILE:
         manifest_path = path / MANIFEST_FILE if path.is_dir() else path
         if not manifest_path.is_file():
@@ -251,6 +271,20 @@ def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
     return path, None
 
 
+def _language_model_folder(arch: str | None, weights: Path) -> Path | None:
+    """The Hugging Face folder of a language model (None for others); `arch` is needed without one."""
+    from prunecli.export.language_model import config_folder_of
+
+    folder = config_folder_of(arch, weights)
+    if folder is None and arch is None:
+        raise UsageError(
+            f"`arch` is needed: {weights} has no config.json beside it",
+            "give `arch` (a zoo name, package.module:factory, file.py:factory, a .pt2 archive or hf:DIR)",
+            option="arch",
+        )
+    return folder
+
+
 def _check_output(output: Path, force: bool, inputs: list[Path]) -> None:
     from prunecli.io.outputs import guard_output_file
 
@@ -261,6 +295,21 @@ def _check_output(output: Path, force: bool, inputs: list[Path]) -> None:
         raise InputError(f"cannot write to {output.absolute().parent}", "choose a writable output folder")
 
 
+def _trace(request: ExportRequest, weights: Path) -> Traced:
+    """Build `arch`, load the weights, run torch on a seeded batch and export into memory."""
+    import torch
+
+    assert request.arch is not None  # checked by `_language_model_folder`
+    model, sha256, notes = _load_model(request, weights)
+    shape = _input_shape(request)
+    x = _seeded_batch(request.seed, request.static_batch or 2, shape, request.dtype)
+    reference = _forward(model, x, request.arch, shape)
+    outputs = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
+    axes = {name: {0: "batch"} for name in ["input", *outputs]} if request.static_batch is None else None
+    proto, export_notes = run_exporter(model, (torch.from_numpy(x),), ["input"], outputs, axes, request.opset)
+    return Traced(proto, [({"input": x}, reference)], sha256, request.arch, list(shape), notes + export_notes)
+
+
 def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module, str, list[str]]:
     """The model in eval mode with the weights loaded, in the asked dtype; the weights' sha256; notes."""
     import torch
@@ -269,33 +318,16 @@ def _load_model(request: ExportRequest, weights: Path) -> tuple[torch.nn.Module,
     from prunecli.io.torch_files import raw_to_torch
     from prunecli.models import load_weights, resolve_model
 
+    assert request.arch is not None
     model = resolve_model(request.arch, request.arch_args)
     with open_checkpoint(weights) as ckpt:
         tensors = {name: raw_to_torch(ckpt.read(name), info.dtype) for name, info in ckpt.tensors.items()}
         sha256, notes = ckpt.sha256(), list(ckpt.notes)
-    _refuse_non_finite(tensors)
+    refuse_non_finite(tensors)
     load_weights(model, tensors, str(weights))
     model = model.to(getattr(torch, request.dtype)).eval()
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    if size >= PROTO_LIMIT:
-        raise InputError(
-            f"{request.arch} holds {size:,} bytes of {request.dtype} tensors; "
-            "one ONNX file holds less than 2 GiB",
-            "export a smaller model",
-        )
+    check_size(model, request.arch, request.dtype)
     return model, sha256, notes
-
-
-def _refuse_non_finite(tensors: Mapping[str, torch.Tensor]) -> None:
-    """NaN or infinite weights would ship a broken model: refused, as every other command does."""
-    import torch
-
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            raise ScoreError(
-                f"weights of {name} contain NaN or infinite values",
-                "check the checkpoint (prunecli inspect); a model with them cannot be exported",
-            )
 
 
 def _input_shape(request: ExportRequest) -> tuple[int, ...]:
@@ -337,73 +369,16 @@ def _forward(model: torch.nn.Module, x: np.ndarray, arch: str, shape: tuple[int,
         raise InputError(
             f"{arch} returns {type(out).__name__}", "export needs a tensor or a tuple of tensors"
         )
-    return [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in outputs]
+    return torch_outputs(outputs)
 
 
-def _torch_export(
-    model: torch.nn.Module, x: np.ndarray, n_outputs: int, dynamic: bool, opset: int | None
-) -> tuple[onnx.ModelProto, list[str]]:
-    """Run the TorchScript exporter into memory; returns the model and its notable warnings."""
-    import onnx
-    import torch
-
-    from prunecli.models.exported import describe_exception
-
-    outputs = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
-    axes = {name: {0: "batch"} for name in ["input", *outputs]} if dynamic else None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught, _quiet_stdout_fd():
-        warnings.simplefilter("always")
-        try:
-            torch.onnx.export(
-                model,
-                (torch.from_numpy(x),),
-                buffer,
-                dynamo=False,
-                opset_version=opset,
-                input_names=["input"],
-                output_names=outputs,
-                dynamic_axes=axes,
-                training=torch.onnx.TrainingMode.PRESERVE,  # the model is in eval mode: no BN folding
-                do_constant_folding=False,
-            )
-        except Exception as exc:
-            raise InputError(
-                f"torch.onnx.export (TorchScript exporter) failed: {describe_exception(exc)}",
-                "PRUNECLI_DEBUG=1 shows the traceback; another `opset` may help",
-            ) from exc
-    tracer = torch.jit.TracerWarning
-    notes = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, tracer)]
-    return onnx.load_from_string(buffer.getvalue()), notes
-
-
-@contextlib.contextmanager
-def _quiet_stdout_fd() -> Iterator[None]:
-    """Point file descriptor 1 (process-wide) at /dev/null while the exporter runs: on failure its C++
-    code dumps the graph there, which would break JSON on stdout and the one-line error."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no real descriptor 1 (embedded interpreter): nothing to protect
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _metadata(request: ExportRequest, shape: tuple[int, ...], sha256: str, manifest: dict | None) -> dict:
+def _metadata(request: ExportRequest, traced: Traced, manifest: dict | None) -> dict:
     """The file's metadata_props: tool version, architecture, and the manifest's pruning record."""
     meta = {
         "prunecli_version": __version__,
-        "prunecli_arch": request.arch,
-        "prunecli_input_shape": "x".join(map(str, shape)),
-        "prunecli_weights_sha256": sha256,
+        "prunecli_arch": traced.arch_name,
+        "prunecli_input_shape": "x".join(map(str, traced.input_shape)),
+        "prunecli_weights_sha256": traced.weights_sha256,
         "prunecli_sparse_threshold": repr(request.sparse_threshold),
     }
     if manifest is not None:
@@ -415,3 +390,8 @@ def _metadata(request: ExportRequest, shape: tuple[int, ...], sha256: str, manif
 
 def _opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _dims(values: Any) -> dict[str, list[int | str]]:
+    """name -> dims of graph inputs or outputs: a number, or the name of a dynamic axis."""
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
