@@ -17,7 +17,6 @@ Only one block's weights live on the device at a time. Activations wait on the C
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +135,13 @@ def run_sequential(
 
     progress = progress or NoProgress()
     blocks = decoder_blocks(model)
+    kinds = set(getattr(getattr(model, "config", None), "layer_types", None) or [])
+    if len(kinds) > 1:  # e.g. sliding-window and full attention alternating (Gemma 2)
+        raise UsageError(
+            f"the model's blocks take different attention masks ({', '.join(sorted(map(str, kinds)))}), "
+            "and block-by-block calibration passes every block the first block's",
+            "use `sequential` false", option="sequential", value=True,
+        )  # fmt: skip
     outside = [n for n in names if not n.startswith(blocks.path + ".")]
     if outside:
         raise UsageError(
@@ -153,7 +159,7 @@ def run_sequential(
                 load(state[name], name)
     _outside_blocks_to(model, blocks, device)
     hidden, arguments = _first_block_inputs(model, blocks, batches, device, offload_dir)
-    started, count = time.monotonic(), len(blocks.modules)
+    count = len(blocks.modules)
     progress.stage(f"pruning block by block ({count} blocks)", count)
     for index, block in enumerate(blocks.modules):
         prefix = blocks.prefix(index)
@@ -172,7 +178,6 @@ def run_sequential(
         hidden = outputs
         block.to("meta")  # frees the block's memory
         progress.advance()
-        _ = started  # time left is the progress display's job
     hidden.clear()
 
 

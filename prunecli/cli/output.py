@@ -15,6 +15,7 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -100,6 +101,7 @@ class RichProgress:
             BarColumn(),
             _Count(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),  # e.g. blocks left while pruning block by block
             console=console,
             transient=True,
             disable=quiet or not console.is_terminal,  # no bars in CI logs
