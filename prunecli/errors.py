@@ -144,9 +144,17 @@ class ScoreError(PruneError):
     exit_code = EXIT_RUNTIME
 
 
+class CommandFailed(PruneError):
+    """A command prunecli ran for the user (`lottery`'s training command) failed; `value` is its
+    exit status."""
+
+    exit_code = EXIT_RUNTIME
+
+
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_CHECK_FAILED: "a check failed (inspect --expect-sparsity / --fail-on-collapse, export --verify)",
     EXIT_BAD_INPUT: "bad usage or bad input (missing, corrupt or inconsistent files, bad options)",
-    EXIT_RUNTIME: "runtime failure (NaN or infinite scores, out of memory, disk full, internal error)",
+    EXIT_RUNTIME: "runtime failure (NaN or infinite scores, out of memory, disk full, a failed training "
+    "command, internal error)",
 }

@@ -265,16 +265,17 @@ def test_model_based_score_off_a_terminal_prints_only_notes(cli, tmp_path: Path)
     )
 
 
-# 6. --dtype has one meaning: the compute precision of score and prune ------------------------
+# 6. --dtype has one meaning: the compute precision of score, prune and eval ------------------
 
 
-def test_only_score_and_prune_show_dtype(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_score_prune_and_eval_show_dtype(cli, monkeypatch: pytest.MonkeyPatch) -> None:
     showing = {command for command in COMMANDS if "--dtype" in help_rows(cli, monkeypatch, command)}
-    assert showing == {"score", "prune"}
+    assert showing == {"score", "prune", "eval"}
     for command in ("score", "prune"):
         assert (
             "Precision of the forward and backward passes" in help_rows(cli, monkeypatch, command)["--dtype"]
         )
+    assert "Precision of the forward passes" in help_rows(cli, monkeypatch, "eval")["--dtype"]
 
 
 def test_export_dtype_is_a_deprecated_alias_of_onnx_dtype(cli, tmp_path: Path) -> None:
@@ -298,7 +299,8 @@ def test_export_dtype_is_a_deprecated_alias_of_onnx_dtype(cli, tmp_path: Path) -
 
 def test_prune_takes_every_flag_of_apply(cli, monkeypatch: pytest.MonkeyPatch) -> None:
     apply_flags, prune_flags = (set(help_rows(cli, monkeypatch, c)) for c in ("apply", "prune"))
-    assert apply_flags - {"--scores"} <= prune_flags, apply_flags - prune_flags
+    only_apply = {"--scores", "--masks"}  # prune scores the model itself, and takes no mask set (yet)
+    assert apply_flags - only_apply <= prune_flags, apply_flags - prune_flags
 
 
 # 8. The library options, wired through --------------------------------------------------------
@@ -354,7 +356,9 @@ def test_prune_passes_scoring_and_writing_options(cli, monkeypatch, mlp_ckpt: Pa
     extra = ["--trust-remote-code", "--seq-len", "128", "--num-samples", "8", "--max-shard-size", "2GB"]
     assert cli(*base, *extra, "--isometry-steps", "5").code == 0
     scoring = {
-        k: v for k, v in calls.items() if k not in ("seed", "force", "progress", "max_shard_size", "isometry")
+        k: v
+        for k, v in calls.items()
+        if k not in ("seed", "force", "progress", "max_shard_size", "isometry", "sequential", "offload_dir")
     }
     assert set(scoring) <= set(SCORING_ARGUMENTS)
     assert (calls["trust_remote_code"], calls["seq_len"], calls["num_samples"]) == (True, 128, 8)

@@ -22,6 +22,7 @@ import inspect
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,12 @@ def setup_huggingface() -> None:
     prunecli("inspect llama-50/ --expect-sparsity 0.5 --tolerance 0.001 -q")
 
 
+def setup_lottery() -> None:
+    digits("mnist.npz")
+    prunecli("init --arch lenet-300-100 --seed 0 -o init.safetensors -q")
+    prunecli("apply init.safetensors --method magnitude --sparsity 0.2 -o round-1/ -q")  # a round to train
+
+
 def setup_signal() -> None:
     digits("train.npz")  # the page uses 22,699 digits: its numbers differ with these 2,000
 
@@ -151,6 +158,7 @@ SETUPS: dict[str, Callable[[], None]] = {
     "docs/export.md": setup_export,
     "docs/guide.md": setup_guide,
     "docs/huggingface.md": setup_huggingface,
+    "docs/lottery.md": setup_lottery,
     "docs/signal-propagation.md": setup_signal,
     "docs/training-with-masks.md": setup_training,
 }
@@ -186,6 +194,16 @@ def capped_steps(function: Callable[..., object], most: int) -> Callable[..., ob
 
 SPEED_UPS: dict[str, Callable[[Path, pytest.MonkeyPatch], None]] = {
     "docs/signal-propagation.md": fewer_isometry_steps,
+}
+
+# Pages whose example is a script run with arguments: its `sys.argv` (lottery fills in a round's).
+ARGV: dict[str, list[str]] = {
+    "docs/lottery.md": [
+        "train.py",
+        "round-1/model.safetensors",
+        "round-1/manifest.json",
+        "trained.safetensors",
+    ],
 }
 
 # Blocks not run, by "page:line" -> reason. Keep this short: each is a doc example nobody checks.
@@ -275,6 +293,16 @@ PROMISES: dict[tuple[str, int], list[Promise]] = {
     ("docs/guide.md", 6): [same_as_text_block],
     ("docs/huggingface.md", 0): [same_as_text_block],
     ("docs/training-with-masks.md", 0): [then("inspect trained.safetensors --expect-sparsity 0.9 -q")],
+    # the script trains a round with its masks; lottery runs it (with this Python) for the page's rounds
+    ("docs/lottery.md", 0): [
+        saved_as("train.py"),
+        then("inspect trained.safetensors --expect-sparsity 0.2 -q"),
+        then(
+            f"lottery init.safetensors --train '{sys.executable} train.py {{weights}} {{masks}} {{out}}' "
+            "--rounds 3 -o imp/ -q"
+        ),
+        then(f"inspect imp/round-3/ --expect-sparsity {1 - 136_294 / 266_200} --tolerance 0 -q"),
+    ],
 }
 
 PAGES_WITH_CODE = [p for p in PAGES if python_blocks(p)]
@@ -293,6 +321,7 @@ def test_blocks_are_found() -> None:
         "docs/export.md": 2,
         "docs/guide.md": 7,
         "docs/huggingface.md": 1,
+        "docs/lottery.md": 1,
         "docs/signal-propagation.md": 1,
         "docs/training-with-masks.md": 1,
     }
@@ -327,6 +356,8 @@ def test_python_examples_run(
     SETUPS[name]()
     if name in SPEED_UPS:
         SPEED_UPS[name](page, monkeypatch)
+    if name in ARGV:
+        monkeypatch.setattr(sys, "argv", ARGV[name])
     capsys.readouterr()
     namespace: dict[str, object] = {"__name__": "__main__"}
     for index, block in enumerate(python_blocks(page)):

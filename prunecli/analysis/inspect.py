@@ -65,7 +65,7 @@ def summarize_manifest(path: Path, require_masks: bool = False) -> dict[str, Any
     manifest = read_manifest(path)
     check_manifest_numbers(manifest, path)
     model_path, masks_path = output_files(manifest, path)
-    verified = {"masks": masks_path.is_file(), "model": model_path.is_file()}
+    verified = {"masks": masks_path.is_file(), "model": model_path is not None and model_path.is_file()}
     notes = []
     if verified["masks"]:
         check_masks(manifest, masks_path)
@@ -153,11 +153,15 @@ def check_manifest_numbers(manifest: dict[str, Any], path: Path) -> None:
         )
 
 
-def output_files(manifest: dict[str, Any], path: Path) -> tuple[Path, Path]:
-    """The model and masks files the manifest names, which must lie in its own folder."""
-    files = []
+def output_files(manifest: dict[str, Any], path: Path) -> tuple[Path | None, Path]:
+    """The model and masks files the manifest names, which must lie in its own folder (no model
+    for a mask set, e.g. an `intersect` output: `files.model` null)."""
+    files: list[Path | None] = []
     for key in ("model", "masks"):
         name = manifest["files"][key]
+        if name is None and key == "model":
+            files.append(None)
+            continue
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise _contradiction(path, f"files.{key} {name!r} is not a file name in the manifest's folder")
         files.append(path.parent / name)

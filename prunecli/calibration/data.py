@@ -14,7 +14,7 @@ import math
 import re
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +151,47 @@ def check_labels(calibration: Calibration, num_outputs: int) -> None:
             f"but the model has {num_outputs} outputs",
             f"use data labelled 0..{num_outputs - 1}, or a model with {calibration.num_classes} outputs",
         )
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Every example of a data file, in file order (for evaluation): the inputs as stored, made
+    float32 one batch at a time by `batches`, and int64 labels (N,) or None."""
+
+    inputs: np.ndarray  # (N, *example_shape), checked numbers
+    labels: np.ndarray | None
+    source: str
+    fingerprint: str  # sha256 hex of the file's bytes and the array names
+
+    def batches(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(float32 inputs, labels) in order, `size` examples at a time; uint8 pixels scaled to [0, 1]."""
+        import torch
+
+        for start in range(0, len(self.inputs), size):
+            stop = min(start + size, len(self.inputs))
+            x = _as_float32(self.inputs[start:stop], np.arange(start, stop), Path(self.source))
+            y = None if self.labels is None else torch.from_numpy(self.labels[start:stop])
+            yield torch.from_numpy(x), y
+
+
+def load_examples(source: str, *, inputs_key: str | None = None, labels_key: str | None = None) -> Examples:
+    """All the examples of a `.npz/.npy/.safetensors/.pt` file, read as `load_calibration` reads
+    them (nothing unpickled, the same array names), unsampled and in order.
+
+    Example:
+        >>> examples = load_examples("test.npz")
+        >>> inputs, labels = next(examples.batches(256))  # float32 (256, 28, 28), int64 (256,)
+    """
+    path = Path(source)
+    _require_data_file(path)
+    with ExitStack() as stack:
+        loaders = _open_arrays(path, stack, _Sampling(1, 1, None, 0, inputs_key, labels_key))
+        ikey, lkey = _pick_keys(path, sorted(loaders), inputs_key, labels_key)
+        x = _fetch(loaders, ikey, path)
+        _check_inputs(x, path, ikey)
+        y = _labels(_fetch(loaders, lkey, path), len(x), path) if lkey else None
+    identity = {"kind": "examples", "inputs_key": ikey, "labels_key": lkey}
+    return Examples(x, y, source, fingerprint(sha256_of_files([path]), identity))
 
 
 def _check_params(batch_size: int, num_batches: int, per_class: int | None, seed: int) -> None:

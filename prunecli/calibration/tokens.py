@@ -12,6 +12,7 @@ Ids stay int64; a padded position carries `PAD` (−1), which `calibration.forwa
 attention mask. Each window's labels are its next tokens (`IGNORE` at the last position and
 wherever the next token is padding), so the default `lm` loss is next-token cross-entropy. The
 fingerprint covers the file's bytes, the tokenizer's files and every sampling parameter.
+For evaluation, `load_token_windows` takes every token once, in order, instead of a sample.
 """
 
 from __future__ import annotations
@@ -81,21 +82,12 @@ def load_tokens(
         if tokenizer_folder is None:
             raise UsageError(f"text data {path} needs a tokenizer", "prune a Hugging Face model folder "
                              "(its tokenizer is used), or give token ids in an .npz (input_ids)")  # fmt: skip
-        length = seq_len or min(DEFAULT_SEQ_LEN, max_len or DEFAULT_SEQ_LEN)
-        if max_len is not None and length > max_len:
-            raise UsageError(f"`seq_len` {length} is longer than the model's {max_len} positions",
-                             f"use `seq_len` {max_len} or less", option="seq_len", value=length)  # fmt: skip
+        length = _window_length(seq_len, max_len)
         stream = _tokenize(path, tokenizer_folder, trust_remote_code)
         ids, mask = _windows(stream, length, samples, rng, path)
         content = sha256_of_files([path, *_tokenizer_files(tokenizer_folder)])
     else:
-        if seq_len is not None:
-            raise UsageError("`seq_len` cuts windows from text; token ids come in rows already",
-                             "drop `seq_len`", option="seq_len", value=seq_len)  # fmt: skip
-        ids, mask = _read_ids(path)
-        if max_len is not None and ids.shape[1] > max_len:
-            raise InputError(f"rows of {path} hold {ids.shape[1]} tokens, more than the model's {max_len}",
-                             f"cut them to {max_len} tokens or fewer")  # fmt: skip
+        ids, mask = _rows(path, seq_len, max_len)
         chosen = rng.permutation(len(ids))[:samples] if len(ids) > samples else np.arange(len(ids))
         ids, mask = ids[chosen], mask[chosen]
         content = sha256_of_files([path])
@@ -107,6 +99,70 @@ def load_tokens(
     return Calibration(
         batches, fingerprint(content, params), (int(ids.shape[1]),), None, source, size, None, seed
     )
+
+
+def load_token_windows(
+    source: str,
+    *,
+    tokenizer_folder: Path | None,
+    vocab_size: int | None,
+    max_len: int | None,
+    seq_len: int | None = None,
+    batch_size: int | None = None,
+    trust_remote_code: bool = False,
+) -> Calibration:
+    """Every token of `source` once, in order, for evaluation (perplexity): not a sample.
+
+    Text is cut into consecutive, non-overlapping windows of `seq_len` tokens (default as in
+    `load_tokens`), the last one shorter and padded; token ids are taken row by row, all of
+    them. Each window predicts its own tokens after the first, so labels are as in `load_tokens`.
+    """
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"`{name}` must be at least 1, got {value}", "pass a positive integer",
+                             option=name, value=value)  # fmt: skip
+    path = Path(source)
+    require_file(path, "data")
+    if path.suffix in TEXT_SUFFIXES:
+        if tokenizer_folder is None:
+            raise UsageError(f"text data {path} needs a tokenizer",
+                             "use a Hugging Face model folder (its tokenizer), or token ids")  # fmt: skip
+        stream = _tokenize(path, tokenizer_folder, trust_remote_code)
+        length = min(_window_length(seq_len, max_len), stream.size)
+        count = -(-stream.size // length)
+        ids, mask = np.zeros((count, length), dtype=np.int64), np.zeros((count, length), dtype=bool)
+        ids.reshape(-1)[: stream.size], mask.reshape(-1)[: stream.size] = stream, True
+        content = sha256_of_files([path, *_tokenizer_files(tokenizer_folder)])
+    else:
+        ids, mask = _rows(path, seq_len, max_len)
+        content = sha256_of_files([path])
+    _check_vocabulary(ids, mask, vocab_size, path)
+    size = batch_size or DEFAULT_BATCH
+    params = {"kind": "token-windows", "seq_len": int(ids.shape[1]), "batch_size": size}
+    return Calibration(
+        _batches(ids, mask, size), fingerprint(content, params), (int(ids.shape[1]),), None, source, size
+    )
+
+
+def _rows(path: Path, seq_len: int | None, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a token-ids file, refused when longer than the model takes."""
+    if seq_len is not None:
+        raise UsageError("`seq_len` cuts windows from text; token ids come in rows already",
+                         "drop `seq_len`", option="seq_len", value=seq_len)  # fmt: skip
+    ids, mask = _read_ids(path)
+    if max_len is not None and ids.shape[1] > max_len:
+        raise InputError(f"rows of {path} hold {ids.shape[1]} tokens, more than the model's {max_len}",
+                         f"cut them to {max_len} tokens or fewer")  # fmt: skip
+    return ids, mask
+
+
+def _window_length(seq_len: int | None, max_len: int | None) -> int:
+    """Tokens per window cut from text: `seq_len`, else 2048 capped at the model's maximum."""
+    length = seq_len or min(DEFAULT_SEQ_LEN, max_len or DEFAULT_SEQ_LEN)
+    if max_len is not None and length > max_len:
+        raise UsageError(f"`seq_len` {length} is longer than the model's {max_len} positions",
+                         f"use `seq_len` {max_len} or less", option="seq_len", value=length)  # fmt: skip
+    return length
 
 
 def _array_names(path: Path) -> list[str]:

@@ -14,9 +14,12 @@ from prunecli import __version__
 from prunecli.cli.apply_cmd import apply
 from prunecli.cli.compare_cmd import compare
 from prunecli.cli.demo_cmd import demo
+from prunecli.cli.eval_cmd import eval_command
 from prunecli.cli.export_cmd import export
 from prunecli.cli.init_cmd import init
 from prunecli.cli.inspect_cmd import inspect
+from prunecli.cli.intersect_cmd import intersect
+from prunecli.cli.lottery_cmd import lottery
 from prunecli.cli.methods_cmd import methods
 from prunecli.cli.output import flag
 from prunecli.cli.prune_cmd import prune
@@ -36,8 +39,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, score, apply, prune, inspect, compare, export, methods, demo):
+for command in (init, score, apply, prune, inspect, compare, intersect, lottery, export, methods, demo):
     app.command(command.__name__)(command)
+app.command("eval")(eval_command)
 
 
 def _version(value: bool) -> None:

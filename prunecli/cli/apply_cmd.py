@@ -19,6 +19,14 @@ def apply(
     scores: Annotated[
         Optional[Path], typer.Option("--scores", help="Scores file from `prunecli score`.")
     ] = None,
+    masks: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--masks",
+            help="Put this mask set on the checkpoint (an output folder, its manifest.json or its "
+            "masks.safetensors); with --sparsity and --scores/--method, prune further within it.",
+        ),
+    ] = None,
     method: Annotated[
         Optional[str],
         typer.Option(
@@ -61,17 +69,49 @@ def apply(
       prunecli apply model.safetensors --scores snip.safetensors -s 0.5 --structure filter -o filters/
 
       prunecli apply model.safetensors --method magnitude -s 0.5 --max-shard-size 2GB -o sharded/
+
+      prunecli apply init.safetensors --masks trained-90/ -o rewound/
+
+      prunecli apply trained.safetensors --masks trained-90/ --method magnitude -s 0.95 -o more/
     """
     selection = opt.gather(opt.SelectionOptions, locals())
-    if (scores is None) == (method is None):
+    alone = masks is not None and scores is None and method is None
+    if alone:
+        _refuse_selection(selection)
+    elif (scores is None) == (method is None):
         raise UsageError("give exactly one of --scores and --method", "e.g. --method magnitude")
-    spec = selection.spec()
-    from prunecli.pipelines.apply import apply as apply_checkpoint
-
+    spec = None if alone else selection.spec()
     isometry = values.isometry(isometry_steps, isometry_lr)
+    shard_size = opt.shard_size(max_shard_size)
     with RichProgress(quiet) as progress:
-        applied = apply_checkpoint(
-            checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
-            isometry=isometry, max_shard_size=opt.shard_size(max_shard_size), progress=progress,
-        )  # fmt: skip
+        if masks is not None:
+            from prunecli.pipelines.apply_masks import apply_masks
+
+            applied = apply_masks(
+                checkpoint, output, masks, spec, method=method, scores=scores, seed=seed, force=force,
+                include=selection.include if alone else (), exclude=selection.exclude if alone else (),
+                isometry=isometry, max_shard_size=shard_size, progress=progress,
+            )  # fmt: skip
+        else:
+            from prunecli.pipelines.apply import apply as apply_checkpoint
+
+            applied = apply_checkpoint(
+                checkpoint, output, spec, method=method, scores=scores, seed=seed, force=force,
+                isometry=isometry, max_shard_size=shard_size, progress=progress,
+            )  # fmt: skip
     report_applied(applied, output, json_out=json_out, quiet=quiet)
+
+
+def _refuse_selection(selection: opt.SelectionOptions) -> None:
+    """--masks alone reproduces the masks: a selection option would have no effect."""
+    given = [
+        name for name in ("sparsity", "density", "scope", "pattern", "structure", "shuffle", "invert")
+        if getattr(selection, name) not in (None, False)
+    ] + [name for name in ("allocation", "min_density", "aggregate")
+         if getattr(selection, name) != getattr(opt.SELECTION, name)]  # fmt: skip
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise UsageError(
+            f"{option} selects masks, but --masks alone puts the masks on as they are",
+            "to prune further within them, add --scores FILE or --method METHOD with --sparsity",
+        )

@@ -264,6 +264,8 @@ def resolve_source(path: Path) -> tuple[Path, dict[str, Any] | None]:
                 "pass an apply output folder or a checkpoint file",
             )
         manifest = read_manifest(manifest_path)
+        if manifest["files"]["model"] is None:
+            raise InputError(f"{manifest_path} is a mask set without weights", "export an apply output")
         weights = manifest_path.parent / manifest["files"]["model"]
         require_file(weights, "weights file")
         return weights, manifest

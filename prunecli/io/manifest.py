@@ -40,6 +40,25 @@ _TENSOR = {
         },
     },
 }
+_MASK_SET = {  # a mask set this manifest's masks came from (`lineage.masks`)
+    "type": "object",
+    "required": ["path", "sha256"],
+    "properties": {
+        "path": {"type": "string"},
+        "sha256": {"type": "string"},
+        "method": {"type": ["object", "null"]},
+    },
+}
+_LINEAGE = {  # optional: apply --masks, intersect, lottery rounds
+    "type": "object",
+    "required": ["kind", "masks"],
+    "properties": {
+        "kind": {"enum": ["apply", "intersect", "union", "lottery"]},
+        "masks": {"type": "array", "items": _MASK_SET},
+        "round": {"type": "integer", "minimum": 0},
+        "trained": {"type": ["object", "null"]},
+    },
+}
 _WARNING = {
     "type": "object",
     "required": ["kind", "message"],
@@ -116,6 +135,7 @@ SCHEMA: dict[str, Any] = {
         "tensors": {"type": "array", "items": _TENSOR},
         "warnings": {"type": "array", "items": _WARNING},
         "weights_updated": {"type": "boolean"},
+        "lineage": _LINEAGE,
         "isometry": {
             "type": "object",
             "required": ["steps", "lr", "penalty_before", "penalty_after", "layers"],
@@ -124,7 +144,7 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["model", "masks"],
             "properties": {
-                "model": {"type": "string"}, "masks": {"type": "string"},
+                "model": {"type": ["string", "null"]}, "masks": {"type": "string"},
                 "shards": {"type": "array", "items": {"type": "string"}},
                 "copied": {"type": "array", "items": {"type": "string"}},
             },

@@ -76,6 +76,7 @@ class ApplyRequest:
     given: dict[str, int] | None = None  # masks decided while calibrating: keep counts, kept exactly
     weights: Checkpoint | None = None  # updated weights (SparseGPT) written instead of the originals
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    lineage: dict[str, Any] | None = None  # the mask sets the masks came from (apply --masks, lottery)
 
 
 def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[str, Any]:
@@ -118,6 +119,8 @@ def apply_pruning(req: ApplyRequest, progress: Progress | None = None) -> dict[s
             manifest = _manifest(req, records, source_sha, scores_hash and scores_hash.result(), layout)
             if isometry is not None:
                 manifest["isometry"] = isometry
+            if req.lineage is not None:
+                manifest["lineage"] = req.lineage
             write_manifest(manifest, folder / MANIFEST_FILE)
     return manifest
 
@@ -295,6 +298,7 @@ def apply_opened(
     max_shard_size: int | None = None,
     given: dict[str, int] | None = None,
     weights: Checkpoint | None = None,
+    lineage: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """`apply` on an open checkpoint and open scores (a file, or scores held in memory)."""
@@ -310,7 +314,7 @@ def apply_opened(
         checkpoint=ckpt, names=names, spec=spec, out=output, method=method, scores=scores,
         scores_path=scores_path, method_name=name, seed=seed, force=force, isometry=isometry,
         inputs=list(inputs or []), max_shard_size=max_shard_size, given=given,
-        weights=weights,
+        weights=weights, lineage=lineage,
     )  # fmt: skip
     if scores is not None:
         describe_scores(request, scores.metadata)

@@ -3,7 +3,8 @@ checked against its inputs, and its calibration data (the first half of `run_met
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prunecli.errors import InputError, ScoreError, UsageError
 from prunecli.progress import NoProgress, Progress
@@ -46,38 +47,15 @@ def load_model(
     Hugging Face model is built in the checkpoint's floating dtype (or `dtype`), weights
     uninitialised, and each tensor is read straight into its storage.
     """
-    import torch
-
     from prunecli.io.checkpoints import open_checkpoint
-    from prunecli.io.torch_files import torch_dtype
-    from prunecli.models import check_weights, resolve_model
-    from prunecli.models.hf import build_model, is_hf_spec, linear_weights, spec_folder
+    from prunecli.models.hf import is_hf_spec, linear_weights
     from prunecli.selection.prunable import prunable_names
 
     progress = progress or NoProgress()
     with open_checkpoint(req.checkpoint) as ckpt:
-        progress.stage("building the model", 0)
-        if is_hf_spec(req.arch):
-            dtype = dtype or _float_dtype(ckpt)
-            model = build_model(spec_folder(req.arch), dtype, req.trust_remote_code,
-                                eager_attention=req.method.second_order)  # fmt: skip
-        else:
-            model = resolve_model(req.arch, req.arch_args)
-        shapes = {
-            n: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device="meta")
-            for n, i in ckpt.tensors.items()
-        }
-        check_weights(model, shapes, str(req.checkpoint))
-        state = model.state_dict()
-        progress.stage("loading the weights", len(ckpt.tensors))
-        with torch.no_grad():
-            for name, info in ckpt.tensors.items():
-                _copy_into(state[name], ckpt, name, info.dtype)
-                if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
-                    raise ScoreError(
-                        f"weights of {name} contain NaN or infinite values", "check the checkpoint"
-                    )
-                progress.advance()
+        model = _build_and_load(ckpt, str(req.checkpoint), req.arch, req.arch_args, dtype=dtype,
+                                trust_remote_code=req.trust_remote_code,
+                                eager_attention=req.method.second_order, progress=progress)  # fmt: skip
         names = prunable_names(ckpt.tensors, req.include, req.exclude, ckpt.config_folder is not None)
         notes = list(ckpt.notes)
     parameters = dict(model.named_parameters())
@@ -89,6 +67,75 @@ def load_model(
         raise InputError("no prunable parameter in the model", "choose them with `include` GLOB",
                          option="include")  # fmt: skip
     return model, names, notes
+
+
+def load_checkpoint_model(
+    checkpoint: Path,
+    arch: str | None = None,
+    arch_args: dict[str, Any] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> tuple[torch.nn.Module, str, list[str]]:
+    """A checkpoint's model, to run rather than score (`prunecli eval`): the model, its spec, notes.
+
+    `checkpoint` is a file or a folder (its weights); without `arch`, a folder with
+    `config.json` is built as `hf:` that folder. The model is loaded as `load_model` loads it.
+    """
+    from prunecli.io.checkpoints import open_checkpoint
+    from prunecli.models.hf import HF_PREFIX, config_folder
+
+    if arch is None:
+        folder = config_folder(checkpoint)
+        if folder is None:
+            raise UsageError(f"{checkpoint} holds weights, but no config.json says which model they fit",
+                             "add `arch`, e.g. `arch` lenet-300-100", option="arch")  # fmt: skip
+        arch = f"{HF_PREFIX}{folder}"
+    with open_checkpoint(checkpoint) as ckpt:
+        model = _build_and_load(ckpt, str(checkpoint), arch, dict(arch_args or {}), dtype=dtype,
+                                trust_remote_code=trust_remote_code,
+                                progress=progress or NoProgress())  # fmt: skip
+        return model, arch, list(ckpt.notes)
+
+
+def _build_and_load(
+    ckpt: Checkpoint,
+    label: str,
+    arch: str,
+    arch_args: dict[str, Any],
+    *,
+    dtype: torch.dtype | None,
+    trust_remote_code: bool,
+    progress: Progress,
+    eager_attention: bool = False,
+) -> torch.nn.Module:
+    """The model of `arch` holding `ckpt`'s weights, checked against it (`label` names it)."""
+    import torch
+
+    from prunecli.io.torch_files import torch_dtype
+    from prunecli.models import check_weights, resolve_model
+    from prunecli.models.hf import build_model, is_hf_spec, spec_folder
+
+    progress.stage("building the model", 0)
+    if is_hf_spec(arch):
+        model = build_model(spec_folder(arch), dtype or _float_dtype(ckpt), trust_remote_code,
+                            eager_attention=eager_attention)  # fmt: skip
+    else:
+        model = resolve_model(arch, arch_args)
+    shapes = {
+        n: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device="meta") for n, i in ckpt.tensors.items()
+    }
+    check_weights(model, shapes, label)
+    state = model.state_dict()
+    progress.stage("loading the weights", len(ckpt.tensors))
+    with torch.no_grad():
+        for name, info in ckpt.tensors.items():
+            _copy_into(state[name], ckpt, name, info.dtype)
+            if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
+                raise ScoreError(f"weights of {name} contain NaN or infinite values", "check the checkpoint")
+            progress.advance()
+    return model
 
 
 def _float_dtype(ckpt: Checkpoint) -> torch.dtype:
