@@ -66,7 +66,10 @@ def mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method", all_methods(), ids=lambda m: m.name)
 def test_declarations_are_consistent(method: Method) -> None:
     assert registry.inconsistency(method) is None
-    assert method.needs_model == (method.model_scorer is not None) == (method.scorer is None)
+    layerwise_only = method.returns == "weights"  # SparseGPT: a block pruner, no model scorer
+    assert (
+        method.needs_model == (method.model_scorer is not None or layerwise_only) == (method.scorer is None)
+    )
     assert method.iterative == (method.returns == "masks")
     if method.iterative:
         assert isinstance(method.default_iterations, int) and method.default_iterations >= 1

@@ -150,9 +150,10 @@ class SparseGPTPruner:
 
         for name, module in layers.items():
             solved = sparsegpt_solve(
-                module.weight.detach(), self.hessians.pop(name).hessian, density=self.rule.density,
-                pattern=self.rule.pattern, block_size=self.block_size, damp=self.damp,
-                transposed=name in self.rule.transposed, name=name,
+                module.weight.detach(), self.hessians.pop(name).hessian,
+                density=None if self.rule.pattern else self.rule.density, pattern=self.rule.pattern,
+                block_size=self.block_size, damp=self.damp, transposed=name in self.rule.transposed,
+                name=name,
             )  # fmt: skip
             if solved.retries:
                 steps = f"{solved.retries} more damping step(s)"

@@ -134,7 +134,10 @@ def register_method(method: Method) -> Method:
 def inconsistency(m: Method) -> str | None:
     """What in `m`'s declarations contradicts its callables or itself, or None."""
     checks = [
-        (m.needs_model == (m.model_scorer is not None), "needs_model must go with a model_scorer"),
+        (
+            m.needs_model == (m.model_scorer is not None or m.returns == "weights"),
+            "needs_model must go with a model_scorer (or, returning weights, a layerwise pruner)",
+        ),
         (m.needs_model != (m.scorer is not None), "a method has a per-tensor scorer or a model_scorer"),
         (m.keys is None or m.scorer is not None, "keys is a fast path of a per-tensor scorer"),
         (m.data in DATA, f"data is one of {DATA}"),
@@ -211,7 +214,7 @@ def all_methods() -> list[Method]:
 
 
 def _listing_rank(method: Method) -> int:
-    scorer = method.scorer or method.model_scorer
+    scorer = method.scorer or method.model_scorer or method.layerwise
     module = getattr(scorer, "__module__", "").removeprefix("prunecli.scoring.")
     return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
@@ -242,6 +245,7 @@ BUILTIN_MODULES = (
     "exact",
     "taylor",
     "wanda",
+    "sparsegpt",
 )
 
 
