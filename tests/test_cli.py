@@ -347,7 +347,7 @@ def test_unknown_method_lists_known(cli, mlp_ckpt: Path, tmp_path: Path) -> None
     r = cli("score", mlp_ckpt, "--method", "snap", "-o", tmp_path / "s.safetensors")
     assert r.code == 2 and r.out == ""
     known = "magnitude, random, lamp, snip, grasp, synflow, force, iter-snip, snip-it, obd, exact, taylor"
-    known += ", wanda"
+    known += ", wanda, sparsegpt"
     assert r.err == f"error: unknown method 'snap'. did you mean snip? choose one of: {known}.\n"
     r = cli("score", mlp_ckpt, "--method", "zzz", "-o", tmp_path / "s.safetensors")
     assert r.err == f"error: unknown method 'zzz'. choose one of: {known}.\n"  # no close name, no guess

@@ -172,6 +172,7 @@ class MaskPlan:
     groups: dict[str, np.ndarray] | None = None  # structured: keep mask over filters/channels
     starts: dict[str, int] = field(default_factory=dict)  # global: each tensor's first position
     workers: Workers = field(default=INLINE, repr=False)  # for layer-scope thresholds
+    given: bool = False  # the scores are whole masks (1 kept, 0 pruned), taken as they are
     transposed: frozenset[str] = frozenset()  # tensors stored (in, out): rows, N:M, groups see .T
 
     def tensor_threshold(self, name: str, source: KeySource) -> tuple[Threshold, int] | None:
@@ -232,6 +233,8 @@ class MaskPlan:
         return lambda start, out, keys: np.copyto(out, whole[start : start + out.size])
 
     def _whole_mask(self, name: str, source: KeySource) -> np.ndarray:
+        if self.given:
+            return source.scores(name) > 0
         flip = name in self.transposed  # stored (in, out): oriented rules work on .T, (out, in)
         if self.groups is not None:
             shape = source.ckpt.tensors[name].shape

@@ -157,6 +157,7 @@ def run_sequential(
         for name in ckpt.tensors:
             if name not in block_params and name in state:
                 load(state[name], name)
+    del state  # it holds every parameter: a finished block's storage must be free to go
     _outside_blocks_to(model, blocks, device)
     hidden, arguments = _first_block_inputs(model, blocks, batches, device, offload_dir)
     count = len(blocks.modules)

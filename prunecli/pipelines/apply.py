@@ -146,7 +146,7 @@ def _plan(source: KeySource, req: ApplyRequest, progress: Progress, workers: Wor
     exact = replace(
         req.spec, scope="layer", allocation="uniform", pattern=None, structure=None, min_density=0.0
     )
-    return MaskPlan(exact, dict(req.given), workers=workers)
+    return MaskPlan(exact, dict(req.given), workers=workers, given=True)
 
 
 def transposed_weights(ckpt: Checkpoint, spec: SelectionSpec) -> frozenset[str]:

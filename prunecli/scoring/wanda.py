@@ -114,10 +114,12 @@ def _accumulate(
 
 
 def _scores(module: torch.nn.Module, squares: torch.Tensor | None) -> torch.Tensor:
-    """|W|·‖X_j‖ shaped like the weight; a layer that never ran scores |W|·0."""
+    """|W|·‖X_j‖ shaped like the weight, in float32 or wider (bf16 scores would tie at the cut in
+    many rows); a layer that never ran scores |W|·0."""
     import torch
 
     weight = module.weight.detach()
+    weight = weight.to(torch.promote_types(weight.dtype, torch.float32))
     if squares is None:
         return torch.zeros_like(weight)
     norms = squares.sqrt().to(weight.dtype)  # (in·kh·kw,) over all groups
