@@ -5,8 +5,8 @@ the outputs of the pruned blocks before it, with only that block's weights on th
 (`calibration.sequential`). One-shot (`sequential=False`), the whole dense model runs and every
 layer is decided from its dense inputs. Either way the masks are decided while calibrating, by
 the selection rule the user gave (`scoring.layerwise.MaskRule`), and handed to `apply` as they
-are (`GivenMasks`), with SparseGPT's updated weights in a temporary safetensors file beside the
-output, removed afterwards.
+are, as a mask set (`io.mask_sets.MaskScores`). SparseGPT's updated weights wait in a temporary
+safetensors file beside the output, removed afterwards.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from prunecli import __version__
 from prunecli.errors import UsageError
 from prunecli.io.checkpoints import Checkpoint
-from prunecli.io.safetensors_header import TensorInfo
+from prunecli.io.mask_sets import MaskScores, PackedMasks
 from prunecli.io.scores_file import SCORES_FORMAT
 from prunecli.progress import NoProgress, Progress
 from prunecli.scoring.layerwise import LayerResults, MaskRule, weights_writer
@@ -35,48 +33,11 @@ if TYPE_CHECKING:
     from prunecli.selection.spec import SelectionSpec
 
 
-class GivenMasks(Checkpoint):
-    """Masks decided while calibrating, read by `apply` as scores: 1 where kept, 0 where pruned.
-
-    Held bit-packed (one bit per weight); `kept` gives each tensor's exact keep count, which
-    `apply` keeps, so its output has exactly these masks.
-    """
-
-    def __init__(self, label: Path, results: LayerResults, metadata: dict[str, str]) -> None:
-        super().__init__(label)
-        self.files = []
-        self.metadata = dict(metadata)
-        self.results = results
-        offset = 0
-        digest = hashlib.sha256()
-        for name, shape in results.shapes.items():
-            size = int(np.prod(shape, dtype=np.int64)) * 4
-            self.tensors[name] = TensorInfo("F32", shape, offset, offset + size)
-            offset += size
-            digest.update(name.encode() + b"\0" + results.packed[name].tobytes())
-        self._sha256 = digest.hexdigest()
-
-    @property
-    def kept(self) -> dict[str, int]:
-        return self.results.kept
-
-    def read(self, name: str, scratch: np.ndarray | None = None) -> np.ndarray:
-        mask = self.results.mask(name)
-        if scratch is None or scratch.nbytes < mask.size * 4:
-            return mask.astype(np.float32)
-        out = scratch[: mask.size * 4].view(np.float32).reshape(mask.shape)
-        np.copyto(out, mask)
-        return out
-
-    def sha256(self) -> str:
-        return self._sha256
-
-
 @dataclass
 class Layerwise:
     """What a layer-by-layer run decided: masks, updated weights (or None), notes."""
 
-    masks: GivenMasks
+    masks: MaskScores  # 1 where kept, 0 where pruned; `kept` gives apply's exact counts
     weights: Checkpoint | None
     notes: list[str]
 
@@ -145,13 +106,24 @@ def pruned_layer_by_layer(
             label = Path(f"(decided while calibrating: {method.name})")
             weights = SafetensorsCheckpoint(weights_path) if weights_path is not None else None
             try:
-                yield Layerwise(GivenMasks(label, results, metadata), weights, list(results.notes))
+                yield Layerwise(_mask_set(label, results, metadata), weights, list(results.notes))
             finally:
                 if weights is not None:
                     weights.close()
         finally:
             if weights_path is not None:
                 weights_path.unlink(missing_ok=True)
+
+
+def _mask_set(label: Path, results: LayerResults, metadata: dict[str, str]) -> MaskScores:
+    """The decided masks as a mask set, hashed over names and bits (there is no file)."""
+    digest = hashlib.sha256()
+    for name in results.shapes:
+        digest.update(name.encode() + b"\0" + results.packed[name].tobytes())
+    packed = PackedMasks(
+        str(label), label, None, dict(results.packed), dict(results.shapes), digest.hexdigest()
+    )
+    return MaskScores(packed, list(results.shapes), metadata, sha256=packed.sha256)
 
 
 def layerwise_spec(spec: SelectionSpec, method: Any) -> tuple[SelectionSpec, list[str]]:

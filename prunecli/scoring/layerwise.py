@@ -98,10 +98,6 @@ class LayerResults:
             stored = weight.detach().to("cpu", torch_dtype(self.dtypes[name])) * torch.from_numpy(mask)
             self.weights.write(name, torch_to_raw(stored.contiguous()))
 
-    def mask(self, name: str) -> np.ndarray:
-        shape = self.shapes[name]
-        return np.unpackbits(self.packed[name], count=int(np.prod(shape))).astype(bool).reshape(shape)
-
 
 class WandaPruner:
     """Wanda block by block: ‖X_j‖ from the block's (pruned-upstream) inputs, masks by `rule`."""
