@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prunecli.calibration.forward import model_call
+from prunecli.distributed import rank
 from prunecli.errors import ScoreError, UsageError
 from prunecli.progress import NoProgress, Progress
 
@@ -173,7 +174,7 @@ def run_sequential(
             for hook in hooks:
                 hook.remove()
         pruner.prune(layers)
-        outputs = ActivationStore(offload_dir, f"block{index}")
+        outputs = ActivationStore(offload_dir, f"rank{rank()}-block{index}")
         _run_block(block, hidden, arguments, device, outputs, prefix)
         hidden.clear()
         hidden = outputs
@@ -204,7 +205,7 @@ def _first_block_inputs(
     """What the first block receives for each batch: its hidden states, and its other arguments."""
     import torch
 
-    hidden = ActivationStore(offload_dir, "inputs")
+    hidden = ActivationStore(offload_dir, f"rank{rank()}-inputs")
     arguments: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def catch(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

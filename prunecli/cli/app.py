@@ -24,6 +24,7 @@ from prunecli.cli.methods_cmd import methods
 from prunecli.cli.output import flag
 from prunecli.cli.prune_cmd import prune
 from prunecli.cli.score_cmd import score
+from prunecli.distributed import Launch, launch_from_env
 from prunecli.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PruneError
 
 try:  # typer >= 0.26 vendors click: its parser errors derive from typer's public TyperException
@@ -42,6 +43,7 @@ app = typer.Typer(
 for command in (init, score, apply, prune, inspect, compare, intersect, lottery, export, methods, demo):
     app.command(command.__name__)(command)
 app.command("eval")(eval_command)
+DATA_PARALLEL_COMMANDS = ("score", "prune")  # the commands every rank runs under torchrun or srun
 
 
 def _version(value: bool) -> None:
@@ -63,7 +65,9 @@ def _root(
 
 
 def _fail(message: str, code: int) -> int:
-    text = f"error: {message}".encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    launch = _launch()
+    where = f"rank {launch.rank} of {launch.size}: " if launch is not None else ""
+    text = f"error: {where}{message}".encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
     print(text, file=sys.stderr)
     return code
 
@@ -114,9 +118,30 @@ def _parse_and_run(argv: list[str] | None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _launch() -> Launch | None:
+    """This process's place under torchrun or srun (None for a plain run, or a broken launch)."""
+    try:
+        return launch_from_env()
+    except PruneError:
+        return None
+
+
+def _rank_stands_by(argv: list[str] | None) -> bool:
+    """Under torchrun or srun, only `score` and `prune` run on every rank; other commands run on
+    rank 0 alone, so that two ranks never write the same output."""
+    launch = _launch()
+    if launch is None or launch.rank == 0:
+        return False
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), None)
+    return command not in DATA_PARALLEL_COMMANDS
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; every failure is one stderr line."""
     debug = os.environ.get("PRUNECLI_DEBUG") == "1"
+    if _rank_stands_by(argv):
+        return 0
     try:
         return _parse_and_run(argv)
     except PruneError as exc:

@@ -332,6 +332,15 @@ OffloadDir = Annotated[
     Optional[Path],
     typer.Option("--offload-dir", help="Keep block-by-block activations in this folder, not in memory."),
 ]
+DistTimeout = Annotated[
+    float,
+    typer.Option(
+        "--dist-timeout",
+        metavar="SECONDS",
+        min=1.0,
+        help="Under torchrun or srun: how long a rank waits for the others before it gives up.",
+    ),
+]
 
 
 # Selection options: SelectionOptions (`apply`, `prune`) ------------------------------------

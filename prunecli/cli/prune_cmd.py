@@ -5,6 +5,8 @@ from __future__ import annotations
 from prunecli.cli import options as opt
 from prunecli.cli import values
 from prunecli.cli.output import RichProgress, report_applied
+from prunecli.cli.parallel import data_parallel
+from prunecli.distributed import DEFAULT_TIMEOUT_S
 
 
 def prune(
@@ -58,6 +60,7 @@ def prune(
     force: opt.Force = False,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
+    dist_timeout: opt.DistTimeout = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Score and apply in one run: the scores stay in memory, no scores file is written.
 
@@ -74,11 +77,12 @@ def prune(
     given = locals()
     model, method_options = opt.gather(opt.ModelOptions, given), opt.gather(opt.MethodOptions, given)
     spec = opt.gather(opt.SelectionOptions, given).spec()
-    with RichProgress(quiet) as progress:
+    with data_parallel(model, dist_timeout) as (model, speaks), RichProgress(quiet or not speaks) as progress:
         applied = prune_checkpoint(
             checkpoint, output, spec, method, seed=model.seed, force=force, progress=progress,
             isometry=values.isometry(isometry_steps, isometry_lr),
             max_shard_size=opt.shard_size(max_shard_size), sequential=sequential, offload_dir=offload_dir,
             **opt.scoring_arguments(model, method_options),
         )  # fmt: skip
-    report_applied(applied, output, json_out=json_out, quiet=quiet)
+    if speaks:
+        report_applied(applied, output, json_out=json_out, quiet=quiet)

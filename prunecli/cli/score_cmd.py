@@ -9,6 +9,8 @@ import typer
 
 from prunecli.cli import options as opt
 from prunecli.cli.output import RichProgress, note
+from prunecli.cli.parallel import data_parallel
+from prunecli.distributed import DEFAULT_TIMEOUT_S
 
 
 def score(
@@ -47,6 +49,7 @@ def score(
     exclude: opt.Exclude = None,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
+    dist_timeout: opt.DistTimeout = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Compute float32 scores (higher = keep) for every prunable tensor.
 
@@ -62,11 +65,13 @@ def score(
 
     given = locals()
     model, method_options = opt.gather(opt.ModelOptions, given), opt.gather(opt.MethodOptions, given)
-    with RichProgress(quiet) as progress:
+    with data_parallel(model, dist_timeout) as (model, speaks), RichProgress(quiet or not speaks) as progress:
         written = score_checkpoint(
             checkpoint, method, output, sparsity=sparsity, seed=model.seed, force=force, progress=progress,
             **opt.scoring_arguments(model, method_options),
         )  # fmt: skip
+    if not speaks:
+        return
     for line in written.notes:
         note(line, quiet)
     note(f"wrote {output} ({len(written.names)} tensors, method {written.metadata['method']})", quiet)

@@ -49,6 +49,7 @@ def pruned_layer_by_layer(
     """Run `req.method`'s block pruner over the model (see the module docstring)."""
     import torch
 
+    from prunecli.distributed import is_main, share, world_size
     from prunecli.io.checkpoints import SafetensorsCheckpoint, open_checkpoint
     from prunecli.io.outputs import temp_name
     from prunecli.models import check_weights
@@ -81,13 +82,14 @@ def pruned_layer_by_layer(
             model.to(device)
         model.requires_grad_(False)
         calibration = calibration_of(req, model)
-        batches = [(x.to(device), None) for x, _ in calibration.batches]
+        batches = [(x.to(device), None) for x, _ in share(calibration.batches)]  # this rank's
         rule = MaskRule.of(spec, stored_transposed(model))
         order = _pruning_order(names, sequential, model)
         results = LayerResults(
             {n: ckpt.tensors[n].shape for n in order}, {n: ckpt.tensors[n].dtype for n in order}
         )
-        weights_path = output.absolute().parent / temp_name(output) if method.returns == "weights" else None
+        updates = method.returns == "weights" and is_main()  # rank 0 alone writes
+        weights_path = output.absolute().parent / temp_name(output) if updates else None
         try:
             with _writer(weights_path, results):
                 pruner = method.layerwise(options, rule, results)
@@ -102,6 +104,8 @@ def pruned_layer_by_layer(
                 else:
                     _run_one_shot(model, batches, order, pruner, progress)
             params = {"sequential": sequential, "dtype": precision, "device": device.type, **options.params()}
+            if world_size() > 1:
+                params["world_size"] = world_size()
             metadata = _metadata(req, params, calibration, ckpt.sha256())
             label = Path(f"(decided while calibrating: {method.name})")
             weights = SafetensorsCheckpoint(weights_path) if weights_path is not None else None

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from prunecli.distributed import all_done, is_main
 from prunecli.errors import UsageError
 from prunecli.io.checkpoints import Checkpoint
 from prunecli.io.safetensors_file import header_bytes
@@ -145,6 +146,9 @@ def prune(
     label = Path(f"(computed by prune: {chosen.name})")
     with scored(request, progress) as result:
         held = ScoresInMemory.collect(result, label)
+    all_done()
+    if not is_main():  # under torchrun every rank scores, and rank 0 alone writes
+        return Applied({}, result.notes)
     with open_checkpoint(checkpoint) as ckpt:
         manifest = apply_opened(ckpt, output, spec, method=None, scores=held, scores_path=label, **writing)
         return Applied(manifest, result.notes + [n for n in ckpt.notes if n not in result.notes])
@@ -172,6 +176,9 @@ def _prune_layer_by_layer(
 
     spec, notes = layerwise_spec(spec, request.method)
     with pruned_layer_by_layer(request, spec, output, writing["progress"]) as done:
+        all_done()
+        if not is_main():
+            return Applied({}, notes + done.notes)
         with open_checkpoint(request.checkpoint) as ckpt:
             manifest = apply_opened(
                 ckpt, output, spec, method=None, scores=done.masks, scores_path=done.masks.path,

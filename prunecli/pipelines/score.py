@@ -165,6 +165,7 @@ def score(
         >>> written.metadata["method"]
         'snip'
     """
+    from prunecli.distributed import all_done, is_main
     from prunecli.io.checkpoints import checkpoint_files
     from prunecli.io.outputs import existing_inputs, guard_output_file, require_suffix
     from prunecli.io.scores_file import write_scores
@@ -182,7 +183,9 @@ def score(
     inputs = checkpoint_files(request.checkpoint) + existing_inputs(arch, data)
     guard_output_file(output, force, inputs)  # early, before minutes of scoring
     with scored(request, progress) as result:
-        write_scores(output, result.entries, result.scores, result.metadata, force, inputs)
+        all_done()
+        if is_main():  # under torchrun every rank scores, and rank 0 alone writes
+            write_scores(output, result.entries, result.scores, result.metadata, force, inputs)
     return ScoresWritten(output, result.metadata, [n for n, _ in result.entries], result.notes)
 
 
@@ -329,6 +332,7 @@ def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredMod
     from prunecli.calibration.context import ScoringContext
     from prunecli.calibration.data import check_labels
     from prunecli.calibration.losses import check_loss, default_loss
+    from prunecli.distributed import world_size
     from prunecli.models.hf import is_hf_spec
 
     method = req.method
@@ -379,6 +383,8 @@ def run_method(req: ScoreRequest, progress: Progress | None = None) -> ScoredMod
         params["sparsity"] = round(1 - req.density, 12)
     if req.arch_args:
         params["arch_args"] = req.arch_args
+    if world_size() > 1:
+        params["world_size"] = world_size()
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in result.scores}
     entries = [(n, shapes[n]) for n in result.scores]
     scores = float32_scores(result, masks=method.returns == "masks")

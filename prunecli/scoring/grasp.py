@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.distributed import share
 from prunecli.errors import UsageError
 from prunecli.scoring.options import MethodOptions
 from prunecli.scoring.registry import register_model_method
@@ -48,18 +49,21 @@ def grasp_scores(
     """Keep-scores +θ⊙Hg summed over `batches` (higher = keep)."""
     import torch
 
+    from prunecli.distributed import add_across
     from prunecli.progress import NoProgress
     from prunecli.scoring.functional import batch_loss, leaf_weights
 
     progress = progress or NoProgress()
     theta = leaf_weights(model, names)
     leaves = list(theta.values())
+    batches = share(batches)  # this rank's (all of them in one process); sums added across ranks
     g = [torch.zeros_like(w) for w in leaves]
     for batch in batches:  # pass 1: g, detached
         grads = torch.autograd.grad(batch_loss(model, theta, batch, loss, temperature), leaves)
         for total, grad in zip(g, grads, strict=True):
             total += grad
         progress.advance()
+    add_across(g)
     hg = [torch.zeros_like(w) for w in leaves]
     for batch in batches:  # pass 2: Hg = ∇(g · ∇L_b)
         grads = torch.autograd.grad(
@@ -69,6 +73,7 @@ def grasp_scores(
         for total, part in zip(hg, torch.autograd.grad(z, leaves), strict=True):
             total += part
         progress.advance()
+    add_across(hg)
     return {n: w.detach() * h for (n, w), h in zip(theta.items(), hg, strict=True)}
 
 
@@ -85,7 +90,7 @@ def grasp_scores(
 def grasp_method(ctx: ScoringContext, options: GraspOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
-    ctx.progress.stage("GraSP: Hessian-gradient products", 2 * len(ctx.batches))
+    ctx.progress.stage("GraSP: Hessian-gradient products", 2 * len(share(ctx.batches)))
     return ScoreResult(
         grasp_scores(ctx.model, ctx.names, ctx.batches, ctx.loss, options.temperature, ctx.progress)
     )

@@ -114,8 +114,10 @@ class WandaPruner:
     def prune(self, layers: dict[str, nn.Module]) -> None:
         import torch
 
+        from prunecli.distributed import add_across
         from prunecli.scoring.wanda import _scores
 
+        add_across(self.squares[name] for name in layers if name in self.squares)  # over all ranks' data
         for name, module in layers.items():
             scores = _scores(module, self.squares.pop(name, None)).to("cpu", torch.float32).numpy()
             mask = self.rule.mask(name, scores)
@@ -142,20 +144,47 @@ class SparseGPTPruner:
         return hooks
 
     def prune(self, layers: dict[str, nn.Module]) -> None:
+        """Solve each layer; under torch.distributed the block's layers are spread over the ranks
+        (layer i on rank i mod size), each after its Hessian was summed over every rank's data,
+        and each solved weight and mask is then broadcast from the rank that solved it."""
+        import torch
+
+        from prunecli.distributed import broadcast_from, mine, world_size
         from prunecli.scoring.sparsegpt import sparsegpt_solve
 
-        for name, module in layers.items():
+        for name in layers:
+            self.hessians[name].add_across_ranks()
+        masks: dict[str, torch.Tensor] = {}
+        facts: dict[str, torch.Tensor] = {}  # (retries, damping) of each layer, for its note
+        for index, (name, module) in enumerate(layers.items()):
+            hessian = self.hessians.pop(name)
+            if not mine(index):
+                continue
             solved = sparsegpt_solve(
-                module.weight.detach(), self.hessians.pop(name).hessian,
+                module.weight.detach(), hessian.hessian,
                 density=None if self.rule.pattern else self.rule.density, pattern=self.rule.pattern,
                 block_size=self.block_size, damp=self.damp, transposed=name in self.rule.transposed,
                 name=name,
             )  # fmt: skip
-            if solved.retries:
-                steps = f"{solved.retries} more damping step(s)"
-                self.results.notes.append(f"{name}: the Hessian needed {steps} (now {solved.damping:g})")
             module.weight.copy_(solved.weight)
-            self.results.add(name, solved.mask.to("cpu").numpy(), module.weight)
+            masks[name] = solved.mask
+            facts[name] = torch.tensor([solved.retries, solved.damping], dtype=torch.float64)
+        for index, (name, module) in enumerate(layers.items()):
+            if world_size() > 1:
+                device = module.weight.device
+                mask, fact = masks.get(name), facts.get(name)
+                wire = (  # gloo and NCCL both carry uint8
+                    torch.empty(module.weight.shape, dtype=torch.uint8, device=device)
+                    if mask is None else mask.to(device, torch.uint8)
+                )  # fmt: skip
+                fact = torch.zeros(2, dtype=torch.float64, device=device) if fact is None else fact.to(device)
+                broadcast_from(index % world_size(), [module.weight, wire, fact])
+                masks[name], facts[name] = wire.bool(), fact.cpu()
+            retries, damping = int(facts[name][0]), float(facts[name][1])
+            if retries:
+                steps = f"{retries} more damping step(s)"
+                self.results.notes.append(f"{name}: the Hessian needed {steps} (now {damping:g})")
+            self.results.add(name, masks.pop(name).to("cpu").numpy(), module.weight)
 
 
 def _feed(accumulator: Any) -> Callable[[Any, tuple[Any, ...]], None]:

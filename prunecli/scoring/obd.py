@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prunecli.distributed import add_across, mine, share
 from prunecli.scoring.options import MethodOptions, check_counts, option
 from prunecli.scoring.registry import register_model_method
 
@@ -157,7 +158,7 @@ def _exact(
     total = sum(w.numel() for w in theta.values())
     first = next(iter(theta.values()))
     diagonal = torch.zeros(total, dtype=first.dtype, device=first.device)  # (N,)
-    for batch in batches:
+    for batch in share(batches):  # this rank's (all of them in one process)
         hvp = _hvp(net, theta, batch, loss)
         for start in range(0, total, chunk):
             index = torch.arange(start, min(start + chunk, total), device=first.device)  # (c,)
@@ -166,6 +167,7 @@ def _exact(
             basis[rows, index] = 1
             diagonal[index] += _flatten(vmap(hvp)(_unflatten(basis, theta)))[rows, index]
             progress.advance()
+    add_across([diagonal])
     return diagonal / len(batches)
 
 
@@ -187,13 +189,16 @@ def _hutchinson(
     first = next(iter(theta.values()))
     generator = torch.Generator().manual_seed(seed)
     estimate = torch.zeros(total, dtype=first.dtype, device=first.device)  # (N,)
-    for batch in batches:
-        hvp = _hvp(net, theta, batch, loss)
+    for index, batch in enumerate(batches):
+        hvp = _hvp(net, theta, batch, loss) if mine(index) else None
         for start in range(0, samples, chunk):
             count = min(chunk, samples - start)
             v = torch.randint(0, 2, (count, total), generator=generator).to(first.device, first.dtype) * 2 - 1
+            if hvp is None:  # another rank's batch: its probes are drawn all the same, to stay in step
+                continue
             estimate += (v * _flatten(vmap(hvp)(_unflatten(v, theta)))).sum(0)  # (N,)
             progress.advance()
+    add_across([estimate])
     return estimate / (len(batches) * samples)
 
 
@@ -260,10 +265,11 @@ def obd_method(ctx: ScoringContext, options: ObdOptions) -> ScoreResult:
 
     hessian, first_order, chunk = options.hessian, bool(options.first_order), options.chunk_size
     total = sum(p.numel() for n, p in ctx.model.named_parameters() if n in set(ctx.names))
-    steps = fisher_chunks(ctx.batches, chunk, total) if hessian == "fisher" else (
-        progress_steps(hessian, ctx.batches, total, options.hutchinson_samples, chunk)
+    mine_only = share(ctx.batches)  # the batches this rank computes on (all of them in one process)
+    steps = fisher_chunks(mine_only, chunk, total) if hessian == "fisher" else (
+        progress_steps(hessian, mine_only, total, options.hutchinson_samples, chunk)
     )  # fmt: skip
-    ctx.progress.stage(f"OBD: Hessian diagonal ({hessian})", steps + first_order * len(ctx.batches))
+    ctx.progress.stage(f"OBD: Hessian diagonal ({hessian})", steps + first_order * len(mine_only))
     scores = obd_scores(
         ctx.model, ctx.names, ctx.batches, ctx.loss, hessian=hessian, first_order=first_order,
         samples=options.hutchinson_samples, seed=ctx.seed, max_params=options.max_params,

@@ -94,6 +94,22 @@ class HessianAccumulator:
         self._sum.mul_(self.tokens / total).addmm_(x.t(), x, alpha=2.0 / total)
         self.tokens = total
 
+    def add_across_ranks(self) -> None:
+        """Make this the mean over every rank's tokens (data-parallel calibration); a no-op in
+        one process. Every rank calls it for the same layers in the same order."""
+        import torch
+
+        from prunecli.distributed import active, add_across
+
+        if not active():
+            return
+        tokens = torch.tensor([float(self.tokens)], dtype=torch.float64, device=self._sum.device)
+        self._sum.mul_(float(self.tokens))
+        add_across([self._sum, tokens])
+        self.tokens = int(tokens.item())
+        if self.tokens:
+            self._sum.div_(float(self.tokens))
+
     @property
     def hessian(self) -> torch.Tensor:
         """(columns, columns) float32: the live buffer, not a copy (`sparsegpt_solve` never edits it).

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.distributed import add_across, share
 from prunecli.scoring.options import MethodOptions, option
 from prunecli.scoring.registry import register_model_method
 
@@ -100,7 +101,7 @@ def empirical_fisher(
 
     total = {n: torch.zeros_like(w) for n, w in theta.items()}
     count = 0
-    for inputs, labels in batches:
+    for inputs, labels in share(batches):  # this rank's (all of them in one process)
         for start in range(0, len(inputs), chunk):
             x = inputs[start : start + chunk]
             y = None if labels is None else labels[start : start + chunk]
@@ -109,7 +110,9 @@ def empirical_fisher(
                 total[name] += (g**2).sum(0)
             count += len(x)
             progress.advance()
-    return {n: t / count for n, t in total.items()}
+    counted = torch.tensor([float(count)], dtype=torch.float64, device=next(iter(theta.values())).device)
+    add_across([*total.values(), counted])
+    return {n: t / counted.item() for n, t in total.items()}
 
 
 def fisher_chunks(batches: list[Batch], chunk_size: int | None, total_params: int) -> int:
@@ -152,9 +155,10 @@ def taylor_method(ctx: ScoringContext, options: TaylorOptions) -> ScoreResult:
     fisher, chunk = bool(options.fisher), options.chunk_size
     if fisher:
         total = sum(p.numel() for n, p in ctx.model.named_parameters() if n in set(ctx.names))
-        ctx.progress.stage("Taylor: per-sample gradients (Fisher)", fisher_chunks(ctx.batches, chunk, total))
+        chunks = fisher_chunks(share(ctx.batches), chunk, total)
+        ctx.progress.stage("Taylor: per-sample gradients (Fisher)", chunks)
     else:
-        ctx.progress.stage("Taylor: gradients", len(ctx.batches))
+        ctx.progress.stage("Taylor: gradients", len(share(ctx.batches)))
     return ScoreResult(
         taylor_scores(ctx.model, ctx.names, ctx.batches, ctx.loss, fisher, chunk, ctx.progress)
     )

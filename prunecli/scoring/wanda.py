@@ -44,6 +44,7 @@ def wanda_scores(
 
     from prunecli.calibration.context import LazyScores
     from prunecli.calibration.forward import forward
+    from prunecli.distributed import add_across, share
     from prunecli.progress import NoProgress
 
     progress = progress or NoProgress()
@@ -55,12 +56,13 @@ def wanda_scores(
     ]
     try:
         with torch.no_grad():
-            for inputs, _ in batches:
+            for inputs, _ in share(batches):  # this rank's batches (all of them in one process)
                 forward(model, inputs)
                 progress.advance()
     finally:
         for hook in hooks:
             hook.remove()
+    add_across(squares[name] for name in modules if name in squares)
     return LazyScores(list(modules), lambda name: _scores(modules[name], squares.get(name)))
 
 
