@@ -188,3 +188,24 @@ def test_threshold_mask_writes_into_out() -> None:
     assert mask.base is out or mask is out
     np.testing.assert_array_equal(out, [True, False, False, True, True])  # the lower tied index pruned
     np.testing.assert_array_equal(threshold_mask(keys[3:], threshold, 3), [True, True])
+
+
+def _row_mask_by_sorting(keys: np.ndarray, density: float) -> np.ndarray:
+    """Each row's keys in ascending (key, index) order by a stable sort; the last k are kept."""
+    from prunecli.selection.threshold import keep_count
+
+    flat = keys.reshape(keys.shape[0], -1)
+    k = keep_count(flat.shape[1], density)
+    mask = np.zeros(flat.shape, dtype=bool)
+    order = np.argsort(flat, axis=1, kind="stable")
+    np.put_along_axis(mask, order[:, flat.shape[1] - k :], True, axis=1)
+    return mask.reshape(keys.shape)
+
+
+@pytest.mark.parametrize("distinct", [2, 7, 1 << 40])  # ties everywhere, some, hardly any
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 0.77, 1.0])
+def test_row_mask_equals_a_stable_sort_of_each_row(distinct: int, density: float) -> None:
+    from prunecli.selection.threshold import row_mask
+
+    keys = np.random.default_rng(distinct).integers(0, distinct, (32, 3, 5, 5))
+    assert np.array_equal(row_mask(keys, density), _row_mask_by_sorting(keys, density))

@@ -345,9 +345,20 @@ def row_mask(keys: np.ndarray, density: float) -> np.ndarray:
     flat = keys.reshape(keys.shape[0], -1)  # (out, cols)
     cols = flat.shape[1]
     k = keep_count(cols, density)
-    order = np.argsort(flat, axis=1, kind="stable")  # ascending key, ties by index
-    mask = np.zeros(flat.shape, dtype=bool)
-    np.put_along_axis(mask, order[:, cols - k :], True, axis=1)
+    if k in (0, cols):
+        return np.full(keys.shape, k == cols)
+    # The lowest kept key of each row by a partition (no full sort): keys above it are kept.
+    cut = np.partition(flat, cols - k, axis=1)[:, cols - k, None]  # (out, 1)
+    mask = flat > cut
+    # Keys equal to the cut: keep as many as the row still needs, the highest indices first
+    # (ascending (key, index) order prunes the lower index of a tie first).
+    tied = flat == cut
+    need = k - np.count_nonzero(mask, axis=1)
+    split = np.flatnonzero(np.count_nonzero(tied, axis=1) != need)  # rows whose tie straddles the cut
+    mask |= tied
+    for row in split:
+        at = np.flatnonzero(tied[row])
+        mask[row, at[: at.size - need[row]]] = False
     return mask.reshape(keys.shape)
 
 
