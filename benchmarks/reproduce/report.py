@@ -1,5 +1,8 @@
 """Turn the reproduction cache (results*.jsonl) into docs/results.md and docs/results.png.
 
+With tickets.json (benchmarks/reproduce/tickets.py) in the same folder, the page ends with the
+"Lottery tickets" section and docs/results-lottery.png (report_tickets.py).
+
 Every number in the page comes from the cache or from study.json (command, wall time,
 device), never typed by hand; the published reference figures are quoted as such.
 
@@ -10,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -187,6 +191,16 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def tickets_section(results: Path, out: Path) -> list[str]:
+    """report_tickets.section, loaded from beside this file (run as a script or imported by path)."""
+    spec = importlib.util.spec_from_file_location(
+        "report_tickets", Path(__file__).with_name("report_tickets.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.section(results, out)
+
+
 def main() -> None:
     main_with(None)
 
@@ -231,6 +245,7 @@ def main_with(argv: list[str] | None) -> None:
         lines += ["", "Sanity checks (Frankle et al. 2021), test accuracy (%):", ""]
         lines += [*sanity_table(rows, arch), ""]
     lines += ["## Against the papers", "", *findings(rows), ""]
+    lines += tickets_section(args.results, args.out)
     (args.out / "results.md").write_text("\n".join(lines))
     print(f"wrote {args.out / 'results.md'} and results.png from {len(rows)} runs")
 
