@@ -330,3 +330,25 @@ def test_bad_arguments_say_what_to_change() -> None:
         sparsegpt_solve(W, torch.eye(4), density=0.5, name="fc")
     with pytest.raises(UsageError, match=r"`density` 1\.5 is outside"):
         sparsegpt_solve(W, H, density=1.5)
+
+
+def test_symmetrize_in_place_is_bit_for_bit_the_mean_with_the_transpose() -> None:
+    from prunecli.scoring.sparsegpt import _symmetrize
+
+    H = torch.randn(700, 700, generator=torch.Generator().manual_seed(3))
+    expected = (H + H.t()) / 2
+    _symmetrize(H, rows=128)  # bands that do not divide the size
+    assert torch.equal(H, expected)
+
+
+def test_consuming_the_hessian_gives_the_same_solve() -> None:
+
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(24, 40, generator=generator)
+    acc = HessianAccumulator(40, "cpu")
+    acc.add(torch.randn(64, 40, generator=generator))
+    kept = acc.hessian.clone()
+    plain = sparsegpt_solve(weight, acc.hessian, density=0.5, block_size=16)
+    assert torch.equal(acc.hessian, kept)  # not consumed: untouched
+    consumed = sparsegpt_solve(weight, acc.hessian, density=0.5, block_size=16, consume=True)
+    assert torch.equal(consumed.weight, plain.weight) and torch.equal(consumed.mask, plain.mask)

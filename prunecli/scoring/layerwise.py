@@ -164,8 +164,9 @@ class SparseGPTPruner:
                 module.weight.detach(), hessian.hessian,
                 density=None if self.rule.pattern else self.rule.density, pattern=self.rule.pattern,
                 block_size=self.block_size, damp=self.damp, transposed=name in self.rule.transposed,
-                name=name,
+                name=name, consume=True,
             )  # fmt: skip
+            del hessian
             module.weight.copy_(solved.weight)
             masks[name] = solved.mask
             facts[name] = torch.tensor([solved.retries, solved.damping], dtype=torch.float64)

@@ -153,18 +153,22 @@ def sparsegpt_solve(
     damp: float = 0.01,
     transposed: bool = False,
     name: str = "",
+    consume: bool = False,
 ) -> SolveResult:
     """Prune one layer with SparseGPT and update its kept weights to reconstruct its output.
 
     Args:
         weight: (out, in), or (out, in, kh, kw) flattened to (out, in·kh·kw); any float dtype.
-        hessian: (in, in) from `HessianAccumulator` (not modified).
+        hessian: (in, in) from `HessianAccumulator`; not modified unless `consume`.
         density: the fraction of weights kept (unstructured). Give this or `pattern`.
         pattern: (N, M): keep N of every M consecutive inputs of each output.
         block_size: columns per lazy-update block (a multiple of M for N:M).
         damp: diagonal damping as a fraction of mean(diag H).
         transposed: the weight is stored (in, out), as transformers' Conv1D.
         name: the layer's name, for error messages.
+        consume: the caller has no further use for `hessian`: a float32 one on the weight's
+            device is worked on in place, which saves a copy of it (the largest buffer of a wide
+            layer's solve).
 
     Returns:
         SolveResult; computed in float32 on the weight's device, the weight cast back.
@@ -185,14 +189,17 @@ def sparsegpt_solve(
     ):
         return SolveResult(weight.detach().clone(), torch.ones_like(weight, dtype=torch.bool), damp, 0, 0.0)
     WT = torch.empty((cols, rows), dtype=torch.float32, device=weight.device).copy_(w.t())  # (in, out)
-    H = hessian.detach().to(device=WT.device, dtype=torch.float32)  # (in, in)
-    H = (H + H.t()) / 2  # a float32 XᵀX is symmetric only to rounding; read both triangles alike
+    H = hessian.detach()  # (in, in)
+    if not (consume and H.dtype == torch.float32 and H.device == WT.device):
+        H = H.to(device=WT.device, dtype=torch.float32, copy=True)
+    _symmetrize(H)  # a float32 XᵀX is symmetric only to rounding; read both triangles alike
     if not bool(torch.isfinite(H).all() & torch.isfinite(WT).all()):
         raise ScoreError(f"the weight or Hessian of {_layer(name)} holds NaN or Inf", "check the checkpoint")
     dead = H.diagonal() == 0  # (in,)
     H.diagonal()[dead] = 1.0
     WT[dead] = 0.0
     U, used, retries = _inverse_factor(H, damp, name)
+    del H  # the sweep needs only U: a wide layer's peak memory is three (in, in) buffers, not five
     keepT, error = _sweep(WT, U, dead, density, pattern, block_size)  # WT becomes Ŵᵀ, pruned entries 0
     if transposed:  # the stored layout is Ŵᵀ's
         return SolveResult(WT.to(weight.dtype), keepT, used, retries, error)
@@ -243,6 +250,19 @@ def _check_arguments(
             )
 
 
+def _symmetrize(H: torch.Tensor, rows: int = 256) -> None:
+    """H ← (H + Hᵀ)/2 in place, a band of rows at a time (no second (in, in) buffer).
+
+    Each band reads its rows and columns before writing both; a pair already averaged by an
+    earlier band averages to itself exactly, so the result is bit for bit (H + Hᵀ)/2.
+    """
+    for start in range(0, H.shape[0], rows):
+        band = slice(start, start + rows)
+        mean = (H[band, :] + H[:, band].t()) / 2  # (rows, in)
+        H[band, :] = mean
+        H[:, band] = mean.t()
+
+
 def _inverse_factor(H: torch.Tensor, damp: float, name: str) -> tuple[torch.Tensor, float, int]:
     """U, upper triangular with UᵀU = (H + λI)⁻¹, λ = damp·mean(diag H); retried with 10× damp.
 
@@ -259,8 +279,12 @@ def _inverse_factor(H: torch.Tensor, damp: float, name: str) -> tuple[torch.Tens
         damped = H.flip(0, 1)
         damped.diagonal().add_(damp * scale)
         L, info = torch.linalg.cholesky_ex(damped)  # (in, in) lower, of the reversed H
+        del damped
         if int(info) == 0:
-            U = _upper_inverse(L.flip(0, 1))  # (in, in) upper
+            R = L.flip(0, 1)  # (in, in) upper
+            del L
+            U = _upper_inverse(R)
+            del R
             if bool(torch.isfinite(U).all()):
                 return U, damp, retry
         if retry < MAX_RETRIES:
