@@ -42,26 +42,31 @@ def iterative_snip_scores(
     loss: str = "ce",
     progress: object = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(last step's scores, final masks); `revive=True` is FORCE, False is Iter-SNIP."""
-    import torch
+    """(last step's scores, final masks); `revive=True` is FORCE, False is Iter-SNIP.
 
+    Iter-SNIP differentiates only the tensors with a weight alive. Masks and scores are the
+    plain loop's (score every weight, `keep_top`), bit for bit (`MaskedLeaves`).
+
+    Example:
+        >>> scores, masks = iterative_snip_scores(model, names, [(x, y)], 0.05, 10, revive=True)
+    """
     from prunecli.calibration.context import schedule_densities
     from prunecli.progress import NoProgress
-    from prunecli.scoring.functional import keep_top, leaf_weights, mean_gradient, step_counts
+    from prunecli.scoring.functional import mean_gradient, step_counts
+    from prunecli.scoring.iterative import MaskedLeaves
 
     progress = progress or NoProgress()
-    theta0 = {n: w.detach() for n, w in leaf_weights(model, names).items()}
-    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in theta0.items()}
-    total = sum(w.numel() for w in theta0.values())
-    for keep in step_counts(total, schedule_densities(density, iterations, schedule), "force"):
-        current = {n: (w * masks[n]).requires_grad_(True) for n, w in theta0.items()}
-        grads = mean_gradient(model, current, batches, loss, progress)
-        if revive:
-            scores = {n: (theta0[n] * grads[n]).abs() for n in names}
-        else:  # pruned weights rank below everything: they never come back
-            scores = {n: torch.where(masks[n], (current[n].detach() * grads[n]).abs(), -1.0) for n in names}
-        masks = keep_top(scores, keep)
-    return scores, masks
+    params = dict(model.named_parameters())
+    theta0 = {n: params[n].detach() for n in names}
+    # FORCE: S = |θ₀⊙g|, pruned weights may return; Iter-SNIP: pruned weights rank below all
+    weights = MaskedLeaves(theta0, dead=None if revive else -1.0, revive=revive)
+    total = sum(w.numel() for w in weights.leaves.values())
+    counts = step_counts(total, schedule_densities(density, iterations, schedule), "force")
+    for step, keep in enumerate(counts):
+        grads = mean_gradient(model, weights.leaves, batches, loss, progress, wrt=weights.active())
+        weights.score(grads)
+        weights.select(keep, final=step == len(counts) - 1)
+    return weights.scores(), weights.masks()
 
 
 def _run(ctx: ScoringContext, options: ForceOptions, revive: bool) -> ScoreResult:

@@ -42,15 +42,40 @@ def mean_gradient(
     batches: list[Batch],
     loss: str,
     progress: object,
+    wrt: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The signed gradient averaged over batches (multi-batch variant (a) of methods.md §2)."""
-    total = {n: torch.zeros_like(w) for n, w in weights.items()}
+    """The signed gradient averaged over batches (multi-batch variant (a) of methods.md §2).
+
+    `wrt` names the weights to differentiate (default: all of `weights`); the others still
+    take part in the forward pass, with no gradient computed for them.
+    """
+    return loss_and_gradient(model, weights, batches, loss, progress, wrt)[1]
+
+
+def loss_and_gradient(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    batches: list[Batch],
+    loss: str,
+    progress: object,
+    wrt: list[str] | None = None,
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """(L, ∂L/∂w), both averaged over the batches, as 0 + Σ over batches, then ÷ the count;
+    `wrt` as in `mean_gradient`."""
+    names = list(weights) if wrt is None else wrt
+    total: dict[str, torch.Tensor] = {}
+    value = 0.0
     for batch in batches:
-        grads = torch.autograd.grad(batch_loss(model, weights, batch, loss), list(weights.values()))
-        for name, grad in zip(weights, grads, strict=True):
-            total[name] += grad
+        batch_value = batch_loss(model, weights, batch, loss)
+        grads = torch.autograd.grad(batch_value, [weights[n] for n in names]) if names else ()
+        for name, grad in zip(names, grads, strict=True):
+            if name in total:
+                total[name] += grad
+            else:
+                total[name] = grad + 0.0  # 0 + g: -0.0 becomes +0.0, as a running sum from zero
+        value += float(batch_value.detach())
         progress.advance()
-    return {n: g / len(batches) for n, g in total.items()}
+    return value / len(batches), {n: g.div_(len(batches)) for n, g in total.items()}
 
 
 def global_topk(scores: dict[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from prunecli.calibration.context import Batch, ScoreResult, ScoringContext
+    from prunecli.scoring.iterative import MaskedLeaves
 
 DEFAULT_STEPS = 5
 
@@ -65,27 +66,8 @@ def snip_it_steps(
     progress: object = None,
 ) -> Iterator[tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """Yield (sparsity, elasticity, mask) after each step; pruned weights score −1."""
-    import torch
-
-    from prunecli.progress import NoProgress
-    from prunecli.scoring.functional import keep_top, leaf_weights, step_counts
-
-    progress = progress or NoProgress()
-    theta0 = {n: w.detach() for n, w in leaf_weights(model, names).items()}
-    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in theta0.items()}
-    schedule = snip_it_schedule(1.0 - density, steps)
-    total = sum(w.numel() for w in theta0.values())
-    for sparsity, keep in zip(
-        schedule, step_counts(total, [1.0 - s for s in schedule], "force"), strict=True
-    ):
-        current = {n: (w * masks[n]).requires_grad_(True) for n, w in theta0.items()}
-        value, grads = loss_and_gradient(model, current, batches, loss, progress)
-        scale = 1.0 / abs(value) if value != 0 else 1.0
-        scores = {
-            n: torch.where(masks[n], (current[n].detach() * grads[n]).abs() * scale, -1.0) for n in names
-        }
-        masks = {n: kept & masks[n] for n, kept in keep_top(scores, keep).items()}
-        yield sparsity, scores, masks
+    for sparsity, weights in _steps(model, names, batches, density, steps, loss, progress, every=True):
+        yield sparsity, _copies(weights.scores()), _copies(weights.masks())
 
 
 def snip_it_scores(
@@ -106,31 +88,42 @@ def snip_it_scores(
     Example:
         >>> scores, masks = snip_it_scores(model, ["fc1.weight", "fc2.weight"], [(x, y)], density=0.05)
     """
-    *_, (_, scores, masks) = snip_it_steps(model, names, batches, density, steps, loss, progress)
-    return scores, masks
+    *_, (_, weights) = _steps(model, names, batches, density, steps, loss, progress, every=False)
+    return weights.scores(), weights.masks()
 
 
-def loss_and_gradient(
+def _steps(
     model: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
+    names: list[str],
     batches: list[Batch],
+    density: float,
+    steps: int,
     loss: str,
     progress: object,
-) -> tuple[float, dict[str, torch.Tensor]]:
-    """(L, ∂L/∂w), both averaged over the batches."""
-    import torch
+    every: bool,
+) -> Iterator[tuple[float, MaskedLeaves]]:
+    """The steps of SNIP-it, each yielding the loop's state. Masks only shrink, and tensors
+    pruned away entirely get no gradient. Pruned weights get their −1 at every step with
+    `every` (each step's scores are reported), else at the last."""
+    from prunecli.progress import NoProgress
+    from prunecli.scoring.functional import loss_and_gradient, step_counts
+    from prunecli.scoring.iterative import MaskedLeaves
 
-    from prunecli.scoring.functional import batch_loss
+    progress = progress or NoProgress()
+    params = dict(model.named_parameters())
+    weights = MaskedLeaves({n: params[n].detach() for n in names}, dead=-1.0)
+    schedule = snip_it_schedule(1.0 - density, steps)
+    total = sum(w.numel() for w in weights.leaves.values())
+    counts = step_counts(total, [1.0 - s for s in schedule], "force")
+    for step, (sparsity, keep) in enumerate(zip(schedule, counts, strict=True)):
+        value, grads = loss_and_gradient(model, weights.leaves, batches, loss, progress, weights.active())
+        weights.score(grads, 1.0 / abs(value) if value != 0 else 1.0)
+        weights.select(keep, shrink=True, final=every or step == len(counts) - 1)
+        yield sparsity, weights
 
-    total = {n: torch.zeros_like(w) for n, w in weights.items()}
-    value = 0.0
-    for batch in batches:
-        batch_value = batch_loss(model, weights, batch, loss)
-        for name, grad in zip(weights, torch.autograd.grad(batch_value, list(weights.values())), strict=True):
-            total[name] += grad
-        value += float(batch_value.detach())
-        progress.advance()
-    return value / len(batches), {n: g / len(batches) for n, g in total.items()}
+
+def _copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: t.clone() for n, t in tensors.items()}
 
 
 @register_model_method(

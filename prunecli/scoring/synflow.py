@@ -4,7 +4,9 @@ Every parameter and buffer is replaced by its absolute value on a copy of the mo
 all-ones input of one example's shape gives R = Σ f(1); S = |θ⊙∂R/∂θ| with the network
 computing θ⊙m, so pruned weights score 0. Algorithm 1 of the paper: score, then keep the
 global top d_t, for t = 1..T (100 exponential steps by default). Eval mode and float64 by
-default (R overflows float32 in deep nets). Higher = keep.
+default: R overflows float32 in deep nets, and where it does not, float32's rounding still
+flips near-ties at the threshold (240 of ResNet-20's 270,896 mask bits at 99% in 20 steps).
+Higher = keep.
 """
 
 from __future__ import annotations
@@ -37,41 +39,58 @@ def synflow_scores(
     schedule: str = "exp",
     progress: object = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(last scores, final masks); with `density` None, one unmasked round and all-ones masks."""
-    import copy
+    """(last scores, final masks); with `density` None, one unmasked round and all-ones masks.
 
+    Runs in the model's precision (float64 by default: R overflows float32 in deep nets, and
+    float32's rounding changes the masks). A tensor whose weights are all pruned gets no
+    gradient; masks and scores are the plain loop's, bit for bit (`MaskedLeaves`).
+
+    Example:
+        >>> scores, masks = synflow_scores(model.double(), ["fc1.weight", "fc2.weight"], (784,), 0.01, 100)
+    """
     import torch
     from torch.func import functional_call
 
     from prunecli.calibration.context import schedule_densities
     from prunecli.progress import NoProgress
-    from prunecli.scoring.functional import keep_top, leaf_weights, step_counts
+    from prunecli.scoring.functional import step_counts
+    from prunecli.scoring.iterative import MaskedLeaves
 
     progress = progress or NoProgress()
-    positive = copy.deepcopy(model)
-    with torch.no_grad():
-        for tensor in positive.state_dict().values():  # parameters and buffers, as [SF]
-            if tensor.is_floating_point():
-                tensor.abs_()
-    theta = leaf_weights(positive, names)
-    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in theta.items()}
-    first = next(iter(theta.values()))
+    positive = _positive_copy(model)
+    params = dict(positive.named_parameters())
+    weights = MaskedLeaves({n: params[n].detach() for n in names})  # pruned: |g⊙0| = 0
+    first = weights.leaves[names[0]]
     ones = torch.ones((1, *input_shape), dtype=first.dtype, device=first.device)
-    total = sum(w.numel() for w in theta.values())
+    total = sum(w.numel() for w in weights.leaves.values())
     counts = (
         [None]
         if density is None
         else step_counts(total, schedule_densities(density, iterations, schedule), "synflow")
     )
     for keep in counts:
-        masked = {n: w * masks[n] for n, w in theta.items()}
-        flow = functional_call(positive, masked, (ones,), strict=False).sum()  # R
-        grads = torch.autograd.grad(flow, list(theta.values()))
-        scores = {n: (g * w.detach()).abs() for (n, w), g in zip(theta.items(), grads, strict=True)}
+        active = weights.active()
+        flow = functional_call(positive, weights.leaves, (ones,), strict=False).sum()  # R
+        grads = torch.autograd.grad(flow, [weights.leaves[n] for n in active]) if active else ()
+        weights.score(dict(zip(active, grads, strict=True)))
         if keep is not None:
-            masks = keep_top(scores, keep)
+            weights.select(keep)
         progress.advance()
-    return scores, masks
+    return weights.scores(), weights.masks()
+
+
+def _positive_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model with every parameter and buffer replaced by its absolute value, as [SF]."""
+    import copy
+
+    import torch
+
+    positive = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in positive.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.abs_()
+    return positive
 
 
 @register_model_method(
