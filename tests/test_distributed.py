@@ -138,10 +138,10 @@ def test_a_broken_launch_environment_is_named(env: dict[str, str], says: str) ->
 LENET = "init.safetensors --arch lenet-300-100 --data data.npz --batch-size 8"
 
 
-@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "force"])
 def test_two_ranks_score_as_one_process(lenet: Path, method: str) -> None:
     common = f"score {LENET} --num-batches 6 -m {method} --force".split()
-    if method == "synflow":
+    if method in ("synflow", "force"):  # iterative: every step reduced, then selected on every rank
         common += "--sparsity 0.9 --iterations 3".split()
     ok(cli([*common, "-o", f"{method}-1.safetensors"], lenet))
     results = two_ranks([*common, "-o", f"{method}-2.safetensors"], lenet)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prunecli.distributed import share
 from prunecli.scoring.options import IterativeOptions
 from prunecli.scoring.registry import register_model_method
 
@@ -73,7 +74,7 @@ def _run(ctx: ScoringContext, options: ForceOptions, revive: bool) -> ScoreResul
     from prunecli.calibration.context import ScoreResult
 
     ctx.progress.stage(
-        f"{'FORCE' if revive else 'Iter-SNIP'}: steps × batches", options.iterations * len(ctx.batches)
+        f"{'FORCE' if revive else 'Iter-SNIP'}: steps × batches", options.iterations * len(share(ctx.batches))
     )
     scores, masks = iterative_snip_scores(
         ctx.model, ctx.names, ctx.batches, ctx.density, options.iterations,

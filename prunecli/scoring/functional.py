@@ -61,11 +61,14 @@ def loss_and_gradient(
     wrt: list[str] | None = None,
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """(L, ∂L/∂w), both averaged over the batches, as 0 + Σ over batches, then ÷ the count;
-    `wrt` as in `mean_gradient`."""
+    `wrt` as in `mean_gradient`. Under torch.distributed each rank sums its share of the
+    batches and the sums are added across ranks (`prunecli.distributed`)."""
+    from prunecli.distributed import add_across, share, world_size
+
     names = list(weights) if wrt is None else wrt
     total: dict[str, torch.Tensor] = {}
     value = 0.0
-    for batch in batches:
+    for batch in share(batches):  # this rank's batches (all of them in one process)
         batch_value = batch_loss(model, weights, batch, loss)
         grads = torch.autograd.grad(batch_value, [weights[n] for n in names]) if names else ()
         for name, grad in zip(names, grads, strict=True):
@@ -75,6 +78,11 @@ def loss_and_gradient(
                 total[name] = grad + 0.0  # 0 + g: -0.0 becomes +0.0, as a running sum from zero
         value += float(batch_value.detach())
         progress.advance()
+    if world_size() > 1:
+        device = next(iter(weights.values())).device
+        summed = torch.tensor([value], dtype=torch.float64, device=device)
+        add_across([*total.values(), summed])
+        value = float(summed)
     return value / len(batches), {n: g.div_(len(batches)) for n, g in total.items()}
 
 

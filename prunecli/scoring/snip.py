@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prunecli.distributed import share
 from prunecli.scoring.options import NoOptions
 from prunecli.scoring.registry import register_model_method
 
@@ -47,5 +48,5 @@ def snip_scores(
 def snip_method(ctx: ScoringContext, options: NoOptions) -> ScoreResult:
     from prunecli.calibration.context import ScoreResult
 
-    ctx.progress.stage("SNIP: gradients", len(ctx.batches))
+    ctx.progress.stage("SNIP: gradients", len(share(ctx.batches)))
     return ScoreResult(snip_scores(ctx.model, ctx.names, ctx.batches, ctx.loss, ctx.progress))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from prunecli.distributed import share
 from prunecli.scoring.options import MethodOptions, check_counts
 from prunecli.scoring.registry import register_model_method
 
@@ -143,7 +144,7 @@ def snip_it_method(ctx: ScoringContext, options: SnipItOptions) -> ScoreResult:
 
     steps = options.iterations
     ctx.progress.stage(
-        "SNIP-it: steps × batches", len(snip_it_schedule(1 - ctx.density, steps)) * len(ctx.batches)
+        "SNIP-it: steps × batches", len(snip_it_schedule(1 - ctx.density, steps)) * len(share(ctx.batches))
     )
     scores, masks = snip_it_scores(
         ctx.model, ctx.names, ctx.batches, ctx.density, steps, ctx.loss, ctx.progress
