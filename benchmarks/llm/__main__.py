@@ -1,0 +1,3 @@
+from benchmarks.llm.run import main
+
+main()
