@@ -14,6 +14,7 @@ from the scoring functions.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -145,7 +146,7 @@ def process_group(launch: Launch | None, device: str, timeout_s: float = DEFAULT
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         dist.barrier()  # everyone is here: from now on a missing rank means a failed one
     except (RuntimeError, ValueError) as exc:
-        raise _lost(exc, timeout_s, "joining") from exc
+        raise _lost(exc, timeout_s, "joining them") from exc
     try:
         yield device
     finally:
@@ -206,13 +207,17 @@ def _collective(call: object) -> None:
     try:
         call()  # type: ignore[operator]
     except (RuntimeError, ValueError) as exc:
-        raise _lost(exc, None, "waiting for the others") from exc
+        raise _lost(exc, None, "") from exc
 
 
 def _lost(exc: BaseException, timeout_s: float | None, doing: str) -> ScoreError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """One line for a rank that lost the others: the backend's first sentence, without its
+    source location."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo prefixes "[.../pair.cc:553] "
+    cause = text.split(". ")[0].rstrip(".")[:160]
     within = f" within {timeout_s:g} s" if timeout_s is not None else ""
     return ScoreError(
-        f"lost contact with the other ranks while {doing}{within} ({first[:200]})",
+        f"lost contact with the other ranks{doing and ' while ' + doing}{within} ({cause})",
         "another rank failed or was killed: its own error says why",
     )
